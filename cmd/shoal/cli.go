@@ -1,0 +1,217 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/shoal-run/shoal"
+)
+
+// defaultAgentAddr is where a local agent's API listens unless told otherwise.
+const defaultAgentAddr = "127.0.0.1:7946"
+
+// clientFlags are the flags every command that talks to an agent shares.
+type clientFlags struct {
+	agent  string
+	token  string
+	output string
+}
+
+func (c *clientFlags) register(fs *flag.FlagSet) {
+	addr := os.Getenv("SHOAL_AGENT")
+	if addr == "" {
+		addr = defaultAgentAddr
+	}
+	fs.StringVar(&c.agent, "agent", addr, "agent API address (or SHOAL_AGENT)")
+	fs.StringVar(&c.token, "token", os.Getenv("SHOAL_TOKEN"), "agent API token (or SHOAL_TOKEN)")
+	fs.StringVar(&c.output, "o", "text", "output format: text or json")
+}
+
+func (c *clientFlags) check() error {
+	if c.output != "text" && c.output != "json" {
+		return fmt.Errorf("-o %q: want text or json", c.output)
+	}
+	return nil
+}
+
+func (c *clientFlags) client() *apiClient { return newAPIClient(c.agent, c.token) }
+
+func init() {
+	register(command{name: "status", usage: "the fleet at a glance: nodes, revisions, services, errors", run: runStatus})
+	register(command{name: "members", usage: "the fleet's members with revision and capacity", run: runMembers})
+	register(command{name: "logs", usage: "a service instance's output: shoal logs SERVICE [--slot N] [-f]", run: runLogs})
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func runStatus(_ context.Context, args []string, stdout, stderr io.Writer) (int, error) {
+	var cf clientFlags
+	fs := newFlagSet("status", stderr)
+	cf.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return 1, err
+	}
+	if err := cf.check(); err != nil {
+		return 1, err
+	}
+	var fleet fleetStatus
+	if err := cf.client().getJSON("/v1/fleet", &fleet); err != nil {
+		return 1, err
+	}
+	if cf.output == "json" {
+		return 0, printJSON(stdout, fleet)
+	}
+	printFleet(stdout, fleet)
+	if len(fleet.Errors) > 0 || len(fleet.Unplaced) > 0 {
+		return 2, nil
+	}
+	return 0, nil
+}
+
+func printFleet(w io.Writer, f fleetStatus) {
+	fmt.Fprintf(w, "revision %s (as seen by %s)\n\nNODES\n", short(f.Revision), f.Node)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSTATUS\tREVISION\tCPU\tMEMORY\tADDR")
+	for _, m := range f.Members {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%g\t%s\t%s\n", m.Name, m.Status, short(m.Revision), m.CPU, m.Memory, m.Addr)
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "\nSERVICES")
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tDESIRED\tRUNNING\tHEALTHY\tNODES")
+	for _, s := range f.Services {
+		var nodes []string
+		for _, n := range s.Nodes {
+			nodes = append(nodes, fmt.Sprintf("%s:%d/%d/%d", n.Node, n.Healthy, n.Running, n.Desired))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", s.Name, s.Desired, s.Running, s.Healthy, strings.Join(nodes, " "))
+	}
+	tw.Flush()
+	for _, u := range f.Unplaced {
+		fmt.Fprintf(w, "UNPLACED %s/%d: %s\n", u.Service, u.Slot, u.Reason)
+	}
+	for _, e := range f.Errors {
+		fmt.Fprintf(w, "ERROR %s\n", e)
+	}
+}
+
+func short(commit string) string {
+	if len(commit) > 12 {
+		return commit[:12]
+	}
+	if commit == "" {
+		return "-"
+	}
+	return commit
+}
+
+func runMembers(_ context.Context, args []string, stdout, stderr io.Writer) (int, error) {
+	var cf clientFlags
+	fs := newFlagSet("members", stderr)
+	cf.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return 1, err
+	}
+	if err := cf.check(); err != nil {
+		return 1, err
+	}
+	var members []memberView
+	if err := cf.client().getJSON("/v1/members", &members); err != nil {
+		return 1, err
+	}
+	if cf.output == "json" {
+		return 0, printJSON(stdout, members)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tADDR\tSTATUS\tREVISION\tCPU\tMEMORY\tLABELS")
+	for _, m := range members {
+		var labels []string
+		for k, v := range m.Labels {
+			labels = append(labels, k+"="+v)
+		}
+		sortStrings(labels)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%g\t%s\t%s\n", m.Name, m.Addr, m.Status, short(m.Revision), m.CPU, m.Memory, strings.Join(labels, ","))
+	}
+	return 0, tw.Flush()
+}
+
+// runLogs finds which node runs the slot from the fleet's records and reads
+// the log from that node's API.
+func runLogs(ctx context.Context, args []string, stdout, stderr io.Writer) (int, error) {
+	var cf clientFlags
+	fs := newFlagSet("logs", stderr)
+	cf.register(fs)
+	slot := fs.Int("slot", 0, "replica (slot) index")
+	follow := fs.Bool("f", false, "keep following the output")
+	// Accept the service name before or after the flags.
+	var svc string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		svc, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return 1, err
+	}
+	if svc == "" && fs.NArg() > 0 {
+		svc = fs.Arg(0)
+	}
+	if svc == "" {
+		return 1, fmt.Errorf("want a service name: shoal logs SERVICE [--slot N] [-f]")
+	}
+	c := cf.client()
+	var records []shoal.Record
+	if err := c.getJSON("/v1/records", &records); err != nil {
+		return 1, err
+	}
+	var members []memberView
+	if err := c.getJSON("/v1/members", &members); err != nil {
+		return 1, err
+	}
+	node := ""
+	for _, r := range records {
+		if r.Service == svc && r.Slot == *slot {
+			node = r.Node
+			break
+		}
+	}
+	if node == "" {
+		return 1, fmt.Errorf("no running instance of %s/%d in the fleet's records", svc, *slot)
+	}
+	target := c
+	for _, m := range members {
+		if m.Name == node && m.APIPort > 0 {
+			target = newAPIClient(joinHostPort(m.Addr, m.APIPort), cf.token)
+		}
+	}
+	q := url.Values{"service": {svc}, "slot": {strconv.Itoa(*slot)}}
+	if *follow {
+		q.Set("follow", "1")
+	}
+	resp, err := target.get("/v1/logs?" + q.Encode())
+	if err != nil {
+		return 1, err
+	}
+	defer resp.Body.Close()
+	go func() { <-ctx.Done(); resp.Body.Close() }()
+	if _, err := io.Copy(stdout, resp.Body); err != nil && ctx.Err() == nil {
+		return 1, fmt.Errorf("read logs from %s: %w", node, err)
+	}
+	return 0, nil
+}
+
+func sortStrings(s []string) { sort.Strings(s) }
+
+func joinHostPort(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
