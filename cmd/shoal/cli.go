@@ -18,7 +18,7 @@ import (
 )
 
 // defaultAgentAddr is where a local agent's API listens unless told otherwise.
-const defaultAgentAddr = "127.0.0.1:7946"
+const defaultAgentAddr = "127.0.0.1:7900"
 
 // clientFlags are the flags every command that talks to an agent shares.
 type clientFlags struct {
