@@ -70,10 +70,10 @@ var (
 
 // patternNames turns the schema's regular expressions into words.
 var patternNames = map[string]string{
-	`^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$`:        "must be a DNS label: lowercase letters, digits and '-', starting with a letter, at most 63 characters",
-	`^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`: "must be a duration such as 500ms, 10s or 1m30s",
+	`^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$`:            "must be a DNS label: lowercase letters, digits and '-', starting with a letter, at most 63 characters",
+	`^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`:   "must be a duration such as 500ms, 10s or 1m30s",
 	`^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|k|K|M|G|T)?$`: "must be a size such as 256Mi, 1Gi or 512M",
-	`^/`: "must be a path starting with /",
+	`^/`:                   "must be a path starting with /",
 	`^[A-Za-z0-9_.\\-/]+$`: "must be \"node\" or a node label name",
 }
 

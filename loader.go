@@ -347,4 +347,3 @@ func cuePathString(sel []string) string {
 	}
 	return b.String()
 }
-

@@ -30,6 +30,15 @@ func (s *Spec) Service(name string) *Service {
 	return nil
 }
 
+// Job returns the job with the given name, or nil.
+func (s *Spec) Job(name string) *Job {
+	i := sort.Search(len(s.Jobs), func(i int) bool { return s.Jobs[i].Name >= name })
+	if i < len(s.Jobs) && s.Jobs[i].Name == name {
+		return &s.Jobs[i]
+	}
+	return nil
+}
+
 // Replicas is the total number of service replicas (slots) in the spec.
 func (s *Spec) Replicas() int {
 	n := 0
@@ -75,11 +84,11 @@ func (s *Service) Hash() string {
 
 // Job is a cron-scheduled task that runs to completion on one node per tick.
 type Job struct {
-	Name        string            `json:"name"`
-	Image       string            `json:"image"`
-	Command     []string          `json:"command,omitempty"`
-	Args        []string          `json:"args,omitempty"`
-	Env         map[string]string `json:"env,omitempty"`
+	Name    string            `json:"name"`
+	Image   string            `json:"image"`
+	Command []string          `json:"command,omitempty"`
+	Args    []string          `json:"args,omitempty"`
+	Env     map[string]string `json:"env,omitempty"`
 	// Schedule uses robfig/cron syntax: five fields, an optional leading
 	// seconds field, descriptors such as @daily or @every 5m, and an optional
 	// CRON_TZ=Zone prefix.
@@ -405,4 +414,26 @@ func (d *Duration) UnmarshalJSON(data []byte) error {
 	}
 	*d = Duration(secs * float64(time.Second))
 	return nil
+}
+
+// RecordsFor turns a node's local instances into the records it publishes:
+// one per instance and port, healthy only when the instance is.
+func RecordsFor(node, addr string, instances []Instance) []Record {
+	var rs []Record
+	for _, in := range instances {
+		names := make([]string, 0, len(in.Ports))
+		for name := range in.Ports {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			rs = append(rs, Record{
+				Service: in.Service, Slot: in.Index, Node: node, Addr: addr,
+				PortName: name, Port: in.Ports[name], Revision: in.Revision,
+				Healthy: in.State == StateHealthy,
+			})
+		}
+	}
+	SortRecords(rs)
+	return rs
 }

@@ -1,0 +1,75 @@
+package placement
+
+import (
+	"sort"
+	"time"
+
+	"github.com/shoal-run/shoal"
+)
+
+// Move is a slot that changes node.
+type Move struct {
+	Service string `json:"service"`
+	Slot    int    `json:"slot"`
+	From    string `json:"from"`
+	To      string `json:"to"`
+}
+
+// Changes is what turning one placement into another does, each list
+// sorted by service then slot.
+type Changes struct {
+	Added   []Assignment `json:"added"`
+	Removed []Assignment `json:"removed"`
+	Moved   []Move       `json:"moved"`
+}
+
+// Empty reports whether nothing changes.
+func (c Changes) Empty() bool { return len(c.Added)+len(c.Removed)+len(c.Moved) == 0 }
+
+// Diff compares two placements slot by slot.
+func Diff(old, new *Placement) Changes {
+	c := Changes{Added: []Assignment{}, Removed: []Assignment{}, Moved: []Move{}}
+	was := map[shoal.Slot]string{}
+	for _, a := range old.Assignments {
+		was[shoal.Slot{Service: a.Service, Index: a.Slot}] = a.Node
+	}
+	for _, a := range new.Assignments {
+		s := shoal.Slot{Service: a.Service, Index: a.Slot}
+		from, ok := was[s]
+		switch {
+		case !ok:
+			c.Added = append(c.Added, a)
+		case from != a.Node:
+			c.Moved = append(c.Moved, Move{Service: a.Service, Slot: a.Slot, From: from, To: a.Node})
+		}
+		delete(was, s)
+	}
+	for s, node := range was {
+		c.Removed = append(c.Removed, Assignment{Service: s.Service, Slot: s.Index, Node: node})
+	}
+	sort.Slice(c.Removed, func(i, j int) bool {
+		a, b := c.Removed[i], c.Removed[j]
+		return a.Service < b.Service || (a.Service == b.Service && a.Slot < b.Slot)
+	})
+	return c
+}
+
+// Runner returns the node that runs a cron job's tick: the highest weighted
+// rendezvous score for (job, tick) among the nodes that match the job's
+// constraints and could hold its resources at all. Every node computes the
+// same runner from the same members, so each tick runs once.
+func Runner(job *shoal.Job, tick time.Time, nodes []shoal.Node) (string, bool) {
+	key := slotKey(hashString(job.Name), int(tick.Unix()))
+	best, bestScore := "", 0.0
+	for _, n := range nodes {
+		w := Weight(n)
+		if w <= 0 || !matches(n, job.Constraints) || n.CPU+cpuEpsilon < job.Resources.CPU || n.Memory < job.Resources.Memory {
+			continue
+		}
+		sc := score(w, mix64(key^hashString(n.Name)))
+		if best == "" || sc > bestScore || (sc == bestScore && n.Name < best) {
+			best, bestScore = n.Name, sc
+		}
+	}
+	return best, best != ""
+}
