@@ -1,0 +1,58 @@
+// Command testapp is the small service the demo and the tests run in
+// containers. It serves HTTP on $PORT; its behaviour comes from env:
+//
+//	MESSAGE       text of GET / (default "hello from $SHOAL_SERVICE/$SHOAL_SLOT on $SHOAL_NODE")
+//	EXIT_AFTER    exit after this duration (e.g. "2s"), with EXIT_CODE (default 1)
+//	HEALTH        "fail" makes /healthz answer 500 from the start
+//
+// GET /healthz answers 200 while healthy; POST /fail and POST /recover flip
+// it, so a test can make a running instance unhealthy.
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"time"
+)
+
+func main() {
+	port := os.Getenv("PORT")
+	if port == "" {
+		port = "8080"
+	}
+	msg := os.Getenv("MESSAGE")
+	if msg == "" {
+		msg = fmt.Sprintf("hello from %s/%s on %s", os.Getenv("SHOAL_SERVICE"), os.Getenv("SHOAL_SLOT"), os.Getenv("SHOAL_NODE"))
+	}
+	var unhealthy atomic.Bool
+	unhealthy.Store(os.Getenv("HEALTH") == "fail")
+	if d, err := time.ParseDuration(os.Getenv("EXIT_AFTER")); err == nil {
+		code, err := strconv.Atoi(os.Getenv("EXIT_CODE"))
+		if err != nil {
+			code = 1
+		}
+		time.AfterFunc(d, func() {
+			fmt.Printf("exiting with code %d as told\n", code)
+			os.Exit(code)
+		})
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, msg) })
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if unhealthy.Load() {
+			http.Error(w, "unhealthy", http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("POST /fail", func(w http.ResponseWriter, r *http.Request) { unhealthy.Store(true) })
+	mux.HandleFunc("POST /recover", func(w http.ResponseWriter, r *http.Request) { unhealthy.Store(false) })
+	fmt.Printf("testapp listening on :%s\n", port)
+	if err := http.ListenAndServe(":"+port, mux); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+}

@@ -1,0 +1,678 @@
+package runtime
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/cio"
+	"github.com/containerd/containerd/containers"
+	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/containerd/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/shoal-run/shoal"
+)
+
+// Container labels. They carry everything needed to adopt a container
+// after an agent restart, so the runtime keeps no state of its own on disk.
+const (
+	LabelService  = "shoal.service"
+	LabelSlot     = "shoal.slot"
+	LabelSpecHash = "shoal.spec-hash"
+	LabelRevision = "shoal.revision"
+	LabelNode     = "shoal.node"
+	LabelPorts    = "shoal.ports"
+	LabelImage    = "shoal.image"
+)
+
+// Config says where containerd is and how to run containers.
+type Config struct {
+	// Socket of containerd; default /run/containerd/containerd.sock.
+	Socket string
+	// Namespace of containerd for this runtime's containers; default
+	// "shoal". Runtimes in different namespaces never touch each other.
+	Namespace string
+	// DataDir holds logs and, when started, the private containerd.
+	DataDir string
+	// StartContainerd starts a private containerd under DataDir when none
+	// answers on Socket.
+	StartContainerd bool
+	// NodeName is written on every container.
+	NodeName string
+	// PortLow and PortHigh bound the host ports handed to containers;
+	// default 20000-29999.
+	PortLow, PortHigh int
+	// Registry access: hosts (host[:port]) pulled over plain HTTP, and a
+	// Docker config.json with credentials (default ~/.docker/config.json).
+	InsecureRegistries []string
+	DockerConfig       string
+	// ResolvConf, when set, is bind-mounted as the containers'
+	// /etc/resolv.conf (the agent points it at the mesh DNS).
+	ResolvConf string
+	// NetNS is the network namespace containers join; default the
+	// agent's own (/proc/self/ns/net): host networking.
+	NetNS string
+	// LogMaxBytes caps a container log file; it is rotated to .1 past it.
+	LogMaxBytes int64
+	// Interval between observations when nothing else wakes the loop.
+	Interval time.Duration
+	// Parallel bounds concurrent container operations; default 4.
+	Parallel int
+	Logger   *slog.Logger
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Runtime runs this node's share of the placement in containerd.
+type Runtime struct {
+	cfg    Config
+	log    *slog.Logger
+	client *containerd.Client
+	daemon *Daemon
+	images *puller
+	ports  *portAllocator
+
+	wake    chan struct{}
+	changes chan struct{}
+
+	mu        sync.Mutex
+	revision  string
+	desired   []Desired
+	instances []shoal.Instance
+	health    map[string]*probeState // container ID → health
+	failures  map[shoal.Slot]failureState
+	pending   map[shoal.Slot]string // desired slots not started: why
+
+	closeOnce sync.Once
+}
+
+type failureState struct {
+	count    int
+	exitedAt time.Time
+}
+
+// New connects to containerd, starting a private one if configured.
+func New(ctx context.Context, cfg Config) (*Runtime, error) {
+	if cfg.Socket == "" {
+		cfg.Socket = "/run/containerd/containerd.sock"
+	}
+	if cfg.Namespace == "" {
+		cfg.Namespace = "shoal"
+	}
+	if cfg.PortLow == 0 {
+		cfg.PortLow, cfg.PortHigh = 20000, 29999
+	}
+	if cfg.NetNS == "" {
+		cfg.NetNS = fmt.Sprintf("/proc/%d/ns/net", os.Getpid())
+	}
+	if cfg.LogMaxBytes == 0 {
+		cfg.LogMaxBytes = 10 << 20
+	}
+	if cfg.Interval == 0 {
+		cfg.Interval = time.Second
+	}
+	if cfg.Parallel == 0 {
+		cfg.Parallel = 4
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("runtime: data dir is required")
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "logs"), 0o755); err != nil {
+		return nil, fmt.Errorf("runtime: %w", err)
+	}
+	r := &Runtime{
+		cfg: cfg, log: cfg.Logger,
+		wake: make(chan struct{}, 1), changes: make(chan struct{}, 1),
+		health: map[string]*probeState{}, failures: map[shoal.Slot]failureState{}, pending: map[shoal.Slot]string{},
+		ports: newPortAllocator(cfg.PortLow, cfg.PortHigh),
+	}
+	if err := ping(ctx, cfg.Socket); err != nil {
+		if !cfg.StartContainerd {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("runtime: no containerd at %s: start it (systemctl start containerd) or let Shoal start its own (--start-containerd): %w", cfg.Socket, ErrNoContainerd)
+			}
+			return nil, fmt.Errorf("runtime: containerd at %s: %w", cfg.Socket, err)
+		}
+		d, err := StartDaemon(ctx, filepath.Join(cfg.DataDir, "containerd"), r.log)
+		if err != nil {
+			return nil, err
+		}
+		r.daemon, r.cfg.Socket = d, d.Socket
+	}
+	client, err := containerd.New(r.cfg.Socket, containerd.WithDefaultNamespace(cfg.Namespace))
+	if err != nil {
+		r.daemon.Stop()
+		return nil, fmt.Errorf("runtime: connect %s: %w", r.cfg.Socket, err)
+	}
+	r.client = client
+	r.images = newPuller(client, cfg, r.log, r.poke)
+	return r, nil
+}
+
+// Socket is the containerd socket in use (a private daemon's, if started).
+func (r *Runtime) Socket() string { return r.cfg.Socket }
+
+func (r *Runtime) ctx(ctx context.Context) context.Context {
+	return namespaces.WithNamespace(ctx, r.cfg.Namespace)
+}
+
+func (r *Runtime) poke() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (r *Runtime) notify() {
+	select {
+	case r.changes <- struct{}{}:
+	default:
+	}
+}
+
+// SetDesired replaces the slots this node should run. Revision is the Git
+// commit they come from, written on new containers.
+func (r *Runtime) SetDesired(revision string, desired []Desired) {
+	d := append([]Desired(nil), desired...)
+	sort.Slice(d, func(i, j int) bool { return slotLess(d[i].Slot, d[j].Slot) })
+	r.mu.Lock()
+	r.revision, r.desired = revision, d
+	r.mu.Unlock()
+	for _, x := range d {
+		r.images.want(x.Service.Image)
+	}
+	r.poke()
+}
+
+// Instances returns the local instances, sorted by slot: containers that
+// exist, and desired slots that could not start yet (with LastError).
+func (r *Runtime) Instances() []shoal.Instance {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]shoal.Instance(nil), r.instances...)
+}
+
+// Changes signals, coalesced, that Instances changed.
+func (r *Runtime) Changes() <-chan struct{} { return r.changes }
+
+// Run observes and reconciles until ctx is cancelled.
+func (r *Runtime) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); r.images.run(ctx) }()
+	defer wg.Wait()
+	tick := time.NewTicker(r.cfg.Interval)
+	defer tick.Stop()
+	for {
+		if err := r.Step(r.ctx(ctx)); err != nil && ctx.Err() == nil {
+			r.log.Warn("reconcile", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.wake:
+		case <-tick.C:
+		}
+	}
+}
+
+// Step runs one observe → health → reconcile → act round.
+func (r *Runtime) Step(ctx context.Context) error {
+	ctx = r.ctx(ctx)
+	observed, containers, err := r.observe(ctx)
+	if err != nil {
+		return err
+	}
+	r.probe(ctx, containers)
+	r.mu.Lock()
+	desired, revision := r.desired, r.revision
+	for i := range observed {
+		if st := r.health[observed[i].ID]; st != nil {
+			observed[i].Unhealthy = st.state.Unhealthy
+		}
+		f := r.failures[observed[i].Slot]
+		observed[i].Failures, observed[i].ExitedAt = f.count, f.exitedAt
+		if observed[i].ExitedAt.IsZero() {
+			observed[i].ExitedAt = containers[observed[i].ID].exitedAt
+		}
+	}
+	r.mu.Unlock()
+	acts := Reconcile(desired, observed, r.cfg.Now())
+	r.execute(ctx, acts, revision, containers)
+	return r.publish(ctx, desired)
+}
+
+// container is what observe learns of one containerd container.
+type container struct {
+	c        containerd.Container
+	labels   map[string]string
+	task     containerd.Task
+	status   containerd.ProcessStatus
+	exit     uint32
+	exitedAt time.Time
+	started  time.Time
+}
+
+func (r *Runtime) observe(ctx context.Context) ([]Observed, map[string]*container, error) {
+	list, err := r.client.Containers(ctx, fmt.Sprintf(`labels.%q`, LabelService))
+	if err != nil {
+		return nil, nil, fmt.Errorf("list containers: %w", err)
+	}
+	var obs []Observed
+	found := map[string]*container{}
+	for _, c := range list {
+		labels, err := c.Labels(ctx)
+		if err != nil {
+			continue // removed meanwhile
+		}
+		idx, err := strconv.Atoi(labels[LabelSlot])
+		if err != nil {
+			continue
+		}
+		ct := &container{c: c, labels: labels, status: containerd.Stopped}
+		if info, err := c.Info(ctx); err == nil {
+			ct.started = info.CreatedAt
+		}
+		if task, err := c.Task(ctx, nil); err == nil {
+			ct.task = task
+			if st, err := task.Status(ctx); err == nil {
+				ct.status, ct.exit, ct.exitedAt = st.Status, st.ExitStatus, st.ExitTime
+			}
+		}
+		found[c.ID()] = ct
+		o := Observed{ID: c.ID(), Slot: shoal.Slot{Service: labels[LabelService], Index: idx}, SpecHash: labels[LabelSpecHash]}
+		switch ct.status {
+		case containerd.Running, containerd.Pausing, containerd.Paused:
+			o.Running = true
+		default:
+			o.Exited, o.ExitCode = true, int(ct.exit)
+		}
+		if t, err := time.Parse(time.RFC3339Nano, labels["shoal.started"]); err == nil {
+			ct.started = t
+		}
+		obs = append(obs, o)
+	}
+	sort.Slice(obs, func(i, j int) bool { return obs[i].ID < obs[j].ID })
+	return obs, found, nil
+}
+
+// execute applies the actions, at most cfg.Parallel at a time. A failure
+// is logged and retried on the next round; it never blocks other slots.
+func (r *Runtime) execute(ctx context.Context, a Actions, revision string, cs map[string]*container) {
+	sem := make(chan struct{}, r.cfg.Parallel)
+	var wg sync.WaitGroup
+	do := func(name string, slot shoal.Slot, f func() error) {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := f(); err != nil {
+				r.log.Warn(name, "slot", slot.String(), "err", err)
+				r.mu.Lock()
+				r.pending[slot] = fmt.Sprintf("%s: %v", name, err)
+				r.mu.Unlock()
+			}
+		}()
+	}
+	for _, o := range a.Stop {
+		do("stop", o.Slot, func() error { return r.remove(ctx, cs[o.ID]) })
+	}
+	for _, rp := range a.Replace {
+		do("replace", rp.New.Slot, func() error {
+			if err := r.remove(ctx, cs[rp.Old.ID]); err != nil {
+				return err
+			}
+			r.mu.Lock()
+			delete(r.failures, rp.New.Slot)
+			r.mu.Unlock()
+			return r.start(ctx, rp.New, revision)
+		})
+	}
+	for _, d := range a.Start {
+		do("start", d.Slot, func() error { return r.start(ctx, d, revision) })
+	}
+	for _, o := range a.Restart {
+		do("restart", o.Slot, func() error { return r.restart(ctx, cs[o.ID], o) })
+	}
+	// A container that has run past its backoff cap without failing is
+	// well again: its failure streak ends.
+	now := r.cfg.Now()
+	r.mu.Lock()
+	for _, o := range a.Keep {
+		if f, ok := r.failures[o.Slot]; ok && now.Sub(cs[o.ID].started) > time.Minute {
+			_ = f
+			delete(r.failures, o.Slot)
+		}
+	}
+	r.mu.Unlock()
+	wg.Wait()
+}
+
+func containerID(d Desired) string {
+	return fmt.Sprintf("%s-%d-%s", d.Slot.Service, d.Slot.Index, d.Service.Hash()[:8])
+}
+
+// start creates and starts the container of a slot.
+func (r *Runtime) start(ctx context.Context, d Desired, revision string) error {
+	img, err := r.images.get(ctx, d.Service.Image)
+	if err != nil {
+		return err
+	}
+	ports, err := r.ports.allocate(d.Slot, d.Service.Ports)
+	if err != nil {
+		return err
+	}
+	id := containerID(d)
+	portJSON, _ := json.Marshal(ports)
+	now := r.cfg.Now()
+	labels := map[string]string{
+		LabelService: d.Slot.Service, LabelSlot: strconv.Itoa(d.Slot.Index),
+		LabelSpecHash: d.Service.Hash(), LabelRevision: revision, LabelNode: r.cfg.NodeName,
+		LabelPorts: string(portJSON), LabelImage: d.Service.Image,
+		"shoal.started": now.UTC().Format(time.RFC3339Nano),
+	}
+	env := []string{"SHOAL_SERVICE=" + d.Slot.Service, "SHOAL_SLOT=" + strconv.Itoa(d.Slot.Index), "SHOAL_NODE=" + r.cfg.NodeName}
+	for i, p := range d.Service.Ports {
+		if i == 0 {
+			env = append(env, "PORT="+strconv.Itoa(ports[p.Name]))
+		}
+		env = append(env, "SHOAL_PORT_"+envName(p.Name)+"="+strconv.Itoa(ports[p.Name]))
+	}
+	keys := make([]string, 0, len(d.Service.Env))
+	for k := range d.Service.Env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		env = append(env, k+"="+d.Service.Env[k])
+	}
+	opts := []oci.SpecOpts{
+		oci.WithImageConfig(img),
+		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: r.cfg.NetNS}),
+		oci.WithEnv(env),
+		oci.WithHostHostsFile,
+	}
+	if args := append(append([]string(nil), d.Service.Command...), d.Service.Args...); len(d.Service.Command) > 0 {
+		opts = append(opts, oci.WithProcessArgs(args...))
+	} else if len(d.Service.Args) > 0 {
+		opts = append(opts, withArgs(d.Service.Args))
+	}
+	if d.Service.Resources.Memory > 0 {
+		opts = append(opts, oci.WithMemoryLimit(uint64(d.Service.Resources.Memory)))
+	}
+	if cpu := d.Service.Resources.CPU; cpu > 0 {
+		const period = 100000
+		opts = append(opts, oci.WithCPUCFS(int64(cpu*period), period))
+	}
+	if r.cfg.ResolvConf != "" {
+		opts = append(opts, oci.WithMounts([]specs.Mount{{Destination: "/etc/resolv.conf", Type: "bind", Source: r.cfg.ResolvConf, Options: []string{"rbind", "ro"}}}))
+	} else {
+		opts = append(opts, oci.WithHostResolvconf)
+	}
+	// A leftover with the same ID (an earlier failed start) is removed first.
+	if old, err := r.client.LoadContainer(ctx, id); err == nil {
+		r.remove(ctx, &container{c: old})
+	}
+	c, err := r.client.NewContainer(ctx, id,
+		containerd.WithImage(img),
+		containerd.WithNewSnapshot(id, img),
+		containerd.WithContainerLabels(labels),
+		containerd.WithNewSpec(opts...),
+	)
+	if err != nil {
+		r.ports.release(d.Slot)
+		return fmt.Errorf("create %s: %w", id, err)
+	}
+	if err := r.startTask(ctx, c, d.Slot); err != nil {
+		c.Delete(ctx, containerd.WithSnapshotCleanup)
+		r.ports.release(d.Slot)
+		return err
+	}
+	r.log.Info("started", "slot", d.Slot.String(), "container", id, "image", d.Service.Image, "ports", ports)
+	r.mu.Lock()
+	delete(r.pending, d.Slot)
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *Runtime) startTask(ctx context.Context, c containerd.Container, slot shoal.Slot) error {
+	path := r.logPath(slot)
+	rotate(path, r.cfg.LogMaxBytes)
+	task, err := c.NewTask(ctx, cio.LogFile(path))
+	if err != nil {
+		return fmt.Errorf("create task %s: %w", c.ID(), err)
+	}
+	if err := task.Start(ctx); err != nil {
+		task.Delete(ctx, containerd.WithProcessKill)
+		return fmt.Errorf("start task %s: %w", c.ID(), err)
+	}
+	return nil
+}
+
+// restart starts an exited or unhealthy container's task again, in the
+// same container and snapshot: faster than creating a new one.
+func (r *Runtime) restart(ctx context.Context, ct *container, o Observed) error {
+	if ct == nil {
+		return nil
+	}
+	r.mu.Lock()
+	f := r.failures[o.Slot]
+	f.count++
+	f.exitedAt = r.cfg.Now()
+	r.failures[o.Slot] = f
+	delete(r.health, o.ID)
+	r.mu.Unlock()
+	if ct.task != nil {
+		if err := stopTask(ctx, ct.task, 5*time.Second); err != nil {
+			return err
+		}
+	}
+	why := fmt.Sprintf("exit code %d", o.ExitCode)
+	if o.Unhealthy {
+		why = "unhealthy"
+	}
+	r.log.Info("restarting", "slot", o.Slot.String(), "container", o.ID, "why", why, "failures", f.count)
+	c, err := r.client.LoadContainer(ctx, o.ID)
+	if err != nil {
+		return fmt.Errorf("load %s: %w", o.ID, err)
+	}
+	return r.startTask(ctx, c, o.Slot)
+}
+
+// stopTask sends SIGTERM, then SIGKILL after grace, and deletes the task.
+func stopTask(ctx context.Context, task containerd.Task, grace time.Duration) error {
+	wait, err := task.Wait(ctx)
+	if err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("wait task: %w", err)
+	}
+	if st, err := task.Status(ctx); err == nil && st.Status == containerd.Running {
+		if err := task.Kill(ctx, syscall.SIGTERM); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("signal task: %w", err)
+		}
+		select {
+		case <-wait:
+		case <-time.After(grace):
+			task.Kill(ctx, syscall.SIGKILL)
+			<-wait
+		}
+	}
+	if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("delete task: %w", err)
+	}
+	return nil
+}
+
+// remove stops and deletes a container and its snapshot.
+func (r *Runtime) remove(ctx context.Context, ct *container) error {
+	if ct == nil {
+		return nil
+	}
+	if task, err := ct.c.Task(ctx, nil); err == nil {
+		if err := stopTask(ctx, task, 5*time.Second); err != nil {
+			return err
+		}
+	}
+	if err := ct.c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("delete %s: %w", ct.c.ID(), err)
+	}
+	r.mu.Lock()
+	delete(r.health, ct.c.ID())
+	r.mu.Unlock()
+	if ct.labels != nil {
+		if idx, err := strconv.Atoi(ct.labels[LabelSlot]); err == nil {
+			r.ports.releaseIf(shoal.Slot{Service: ct.labels[LabelService], Index: idx}, ct.labels[LabelPorts])
+		}
+		r.log.Info("stopped", "container", ct.c.ID())
+	}
+	return nil
+}
+
+// publish turns what exists into Instances and signals a change.
+func (r *Runtime) publish(ctx context.Context, desired []Desired) error {
+	_, cs, err := r.observe(ctx)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []shoal.Instance
+	have := map[shoal.Slot]bool{}
+	for id, ct := range cs {
+		idx, _ := strconv.Atoi(ct.labels[LabelSlot])
+		in := shoal.Instance{
+			Slot:        shoal.Slot{Service: ct.labels[LabelService], Index: idx},
+			Node:        r.cfg.NodeName,
+			ContainerID: id,
+			Image:       ct.labels[LabelImage],
+			SpecHash:    ct.labels[LabelSpecHash],
+			Revision:    ct.labels[LabelRevision],
+			StartedAt:   ct.started,
+		}
+		json.Unmarshal([]byte(ct.labels[LabelPorts]), &in.Ports)
+		r.ports.adopt(in.Slot, in.Ports)
+		f := r.failures[in.Slot]
+		in.Restarts = f.count
+		switch {
+		case ct.status != containerd.Running:
+			in.State = shoal.StateExited
+			in.LastError = fmt.Sprintf("exited with code %d", ct.exit)
+		case r.health[id] != nil && r.health[id].state.Unhealthy:
+			in.State = shoal.StateUnhealthy
+		case r.health[id] != nil && !r.health[id].state.Healthy:
+			in.State = shoal.StateStarting
+		default:
+			in.State = shoal.StateHealthy
+		}
+		if f.count >= CrashLoopAfter && in.State != shoal.StateHealthy {
+			in.State = shoal.StateCrashLoop
+		}
+		have[in.Slot] = true
+		out = append(out, in)
+	}
+	for _, d := range desired {
+		if have[d.Slot] {
+			continue
+		}
+		in := shoal.Instance{Slot: d.Slot, Node: r.cfg.NodeName, Image: d.Service.Image, SpecHash: d.Service.Hash(), Revision: r.revision, State: shoal.StateStarting}
+		if why := r.images.problem(d.Service.Image); why != "" {
+			in.LastError = why
+		} else {
+			in.LastError = r.pending[d.Slot]
+		}
+		out = append(out, in)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Slot != out[j].Slot {
+			return slotLess(out[i].Slot, out[j].Slot)
+		}
+		return out[i].ContainerID < out[j].ContainerID
+	})
+	if !instancesEqual(out, r.instances) {
+		r.instances = out
+		r.notify()
+	}
+	return nil
+}
+
+func instancesEqual(a, b []shoal.Instance) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		if x.Slot != y.Slot || x.ContainerID != y.ContainerID || x.State != y.State || x.Restarts != y.Restarts || x.LastError != y.LastError || len(x.Ports) != len(y.Ports) {
+			return false
+		}
+	}
+	return true
+}
+
+// Logs opens a local instance's output; with follow, reads block for more
+// output until the reader is closed.
+func (r *Runtime) Logs(slot shoal.Slot, follow bool) (io.ReadCloser, error) {
+	f, err := os.Open(r.logPath(slot))
+	if err != nil {
+		return nil, err
+	}
+	if !follow {
+		return f, nil
+	}
+	return newFollower(f), nil
+}
+
+func (r *Runtime) logPath(slot shoal.Slot) string {
+	return filepath.Join(r.cfg.DataDir, "logs", fmt.Sprintf("%s-%d.log", slot.Service, slot.Index))
+}
+
+// Drain stops every container of this runtime's namespace.
+func (r *Runtime) Drain(ctx context.Context) error {
+	r.SetDesired("", nil)
+	return r.Step(ctx)
+}
+
+// Close disconnects from containerd and stops a private daemon. Running
+// containers keep running.
+func (r *Runtime) Close() error {
+	r.closeOnce.Do(func() {
+		if r.client != nil {
+			r.client.Close()
+		}
+		r.daemon.Stop()
+	})
+	return nil
+}
+
+func envName(s string) string {
+	return strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(s))
+}
+
+// withArgs keeps the image's entrypoint and replaces its arguments.
+func withArgs(args []string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		if s.Process != nil && len(s.Process.Args) > 0 {
+			s.Process.Args = append([]string{s.Process.Args[0]}, args...)
+		}
+		return nil
+	}
+}

@@ -1,0 +1,408 @@
+package runtime_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/namespaces"
+
+	"github.com/shoal-run/shoal"
+	"github.com/shoal-run/shoal/internal/ctrtest"
+	"github.com/shoal-run/shoal/runtime"
+)
+
+// One private containerd and one registry serve every test of the package.
+var (
+	env     sync.Once
+	socket  string
+	reg     *ctrtest.Registry
+	appRef  string
+	envErr  error
+	envStop func()
+)
+
+type envT struct {
+	testing.TB
+	cleanups []func()
+}
+
+func (e *envT) Cleanup(f func()) { e.cleanups = append(e.cleanups, f) }
+
+func setup(t *testing.T) {
+	t.Helper()
+	env.Do(func() {
+		et := &envT{TB: t}
+		defer func() {
+			if r := recover(); r != nil {
+				envErr = fmt.Errorf("%v", r)
+			}
+		}()
+		socket = ctrtest.Containerd(et)
+		reg = ctrtest.NewRegistry(et)
+		appRef = reg.PushTestApp(et, "shoal/testapp:1")
+		envStop = func() {
+			for i := len(et.cleanups) - 1; i >= 0; i-- {
+				et.cleanups[i]()
+			}
+		}
+	})
+	if envErr != nil || socket == "" {
+		t.Fatalf("test environment: %v", envErr)
+	}
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if envStop != nil {
+		envStop()
+	}
+	os.Exit(code)
+}
+
+func newRuntime(t *testing.T, ns string) (*runtime.Runtime, func()) {
+	t.Helper()
+	setup(t)
+	dir := t.TempDir()
+	rt, err := runtime.New(context.Background(), runtime.Config{
+		Socket: socket, Namespace: ns, DataDir: dir, NodeName: "n1",
+		Interval: 100 * time.Millisecond, PortLow: 21000 + 500*len(ns)%8000, PortHigh: 29999,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { rt.Run(ctx); close(done) }()
+	stop := func() { cancel(); <-done; rt.Close() }
+	t.Cleanup(func() {
+		// Remove whatever the test left in its namespace.
+		rt2, err := runtime.New(context.Background(), runtime.Config{Socket: socket, Namespace: ns, DataDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err == nil {
+			rt2.Drain(context.Background())
+			rt2.Close()
+		}
+	})
+	return rt, stop
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func web(replicas int, env map[string]string) shoal.Service {
+	return shoal.Service{
+		Name: "web", Image: appRef, Replicas: replicas, Env: env,
+		Resources: shoal.Resources{CPU: 0.5, Memory: 64 << 20},
+		Ports:     []shoal.Port{{Name: "http", Port: 80, Protocol: shoal.ProtocolHTTP}},
+		Restart:   shoal.RestartPolicy{Policy: shoal.RestartAlways, Backoff: shoal.Duration(200 * time.Millisecond), MaxBackoff: shoal.Duration(time.Second)},
+		Update:    shoal.UpdateStrategy{MaxSurge: 1},
+	}
+}
+
+func desired(svc shoal.Service) []runtime.Desired {
+	var d []runtime.Desired
+	for i := 0; i < svc.Replicas; i++ {
+		d = append(d, runtime.Desired{Slot: shoal.Slot{Service: svc.Name, Index: i}, Service: svc})
+	}
+	return d
+}
+
+func healthy(rt *runtime.Runtime, n int) func() bool {
+	return func() bool {
+		c := 0
+		for _, in := range rt.Instances() {
+			if in.State == shoal.StateHealthy {
+				c++
+			}
+		}
+		return c == n && len(rt.Instances()) == n
+	}
+}
+
+func get(port int, path string) (string, error) {
+	resp, err := http.Get("http://127.0.0.1:" + strconv.Itoa(port) + path)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return string(b), fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return string(b), nil
+}
+
+func ctrCtx(ns string) context.Context { return namespaces.WithNamespace(context.Background(), ns) }
+
+func TestStartWithLimitsAndPorts(t *testing.T) {
+	rt, _ := newRuntime(t, "t-start")
+	rt.SetDesired("rev1", desired(web(3, nil)))
+	waitFor(t, 30*time.Second, "3 healthy instances", healthy(rt, 3))
+	ports := map[int]bool{}
+	for _, in := range rt.Instances() {
+		p := in.Ports["http"]
+		if p == 0 || ports[p] {
+			t.Fatalf("bad or duplicate port for %v: %v", in.Slot, in.Ports)
+		}
+		ports[p] = true
+		var body string
+		waitFor(t, 10*time.Second, "the instance to answer", func() bool {
+			var err error
+			body, err = get(p, "/")
+			return err == nil
+		})
+		if want := fmt.Sprintf("hello from web/%d on n1", in.Index); !strings.Contains(body, want) {
+			t.Errorf("GET / = %q, want %q", body, want)
+		}
+		if in.Revision != "rev1" || in.SpecHash == "" || in.ContainerID == "" {
+			t.Errorf("instance %+v", in)
+		}
+		// Limits are in the container's cgroup (v1 layout here; v2 otherwise).
+		mem := readCgroup(t, "memory", "t-start", in.ContainerID, "memory.limit_in_bytes", "memory.max")
+		if mem != strconv.Itoa(64<<20) {
+			t.Errorf("memory limit = %q", mem)
+		}
+		quota := readCgroup(t, "cpu", "t-start", in.ContainerID, "cpu.cfs_quota_us", "cpu.max")
+		if !strings.HasPrefix(quota, "50000") {
+			t.Errorf("cpu quota = %q, want 50000 (0.5 core)", quota)
+		}
+	}
+}
+
+func readCgroup(t *testing.T, ctrl, ns, id, v1file, v2file string) string {
+	t.Helper()
+	for _, p := range []string{
+		filepath.Join("/sys/fs/cgroup", ctrl, ns, id, v1file),
+		filepath.Join("/sys/fs/cgroup", ns, id, v2file),
+	} {
+		if b, err := os.ReadFile(p); err == nil {
+			return strings.TrimSpace(string(b))
+		}
+	}
+	t.Fatalf("no cgroup file for %s/%s (%s)", ns, id, v1file)
+	return ""
+}
+
+func TestKilledProcessIsRestarted(t *testing.T) {
+	rt, _ := newRuntime(t, "t-kill")
+	rt.SetDesired("rev1", desired(web(1, nil)))
+	waitFor(t, 30*time.Second, "healthy", healthy(rt, 1))
+	in := rt.Instances()[0]
+	client, err := containerd.New(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	c, err := client.LoadContainer(ctrCtx("t-kill"), in.ContainerID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := c.Task(ctrCtx("t-kill"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldPid := task.Pid()
+	if err := syscall.Kill(int(oldPid), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "restart with a new process", func() bool {
+		ins := rt.Instances()
+		if len(ins) != 1 || ins[0].Restarts < 1 || ins[0].State != shoal.StateHealthy {
+			return false
+		}
+		task, err := c.Task(ctrCtx("t-kill"), nil)
+		return err == nil && task.Pid() != oldPid
+	})
+	if _, err := get(rt.Instances()[0].Ports["http"], "/"); err != nil {
+		t.Errorf("restarted instance does not answer: %v", err)
+	}
+}
+
+func TestCrashLoopBacksOff(t *testing.T) {
+	rt, _ := newRuntime(t, "t-crash")
+	svc := web(1, map[string]string{"EXIT_AFTER": "100ms", "EXIT_CODE": "3"})
+	rt.SetDesired("rev1", desired(svc))
+	var seen []shoal.Instance
+	waitFor(t, 30*time.Second, "crash loop state", func() bool {
+		ins := rt.Instances()
+		if len(ins) == 1 {
+			seen = append(seen, ins[0])
+			return ins[0].State == shoal.StateCrashLoop
+		}
+		return false
+	})
+	in := rt.Instances()[0]
+	if in.Restarts < runtime.CrashLoopAfter {
+		t.Errorf("crashloop after %d restarts", in.Restarts)
+	}
+	// The backoff grows: the 5th restart comes at least 200+400+800 ms of
+	// backoff after the first crash.
+	first := seen[0].StartedAt
+	if d := time.Since(first); d < 1400*time.Millisecond {
+		t.Errorf("5 restarts took only %v: no backoff", d)
+	}
+}
+
+func TestUnhealthyIsRestarted(t *testing.T) {
+	rt, _ := newRuntime(t, "t-health")
+	svc := web(1, nil)
+	svc.Health = &shoal.Health{HTTP: "/healthz", Interval: shoal.Duration(100 * time.Millisecond), Timeout: shoal.Duration(time.Second), HealthyThreshold: 1, UnhealthyThreshold: 2}
+	rt.SetDesired("rev1", desired(svc))
+	waitFor(t, 30*time.Second, "healthy", healthy(rt, 1))
+	port := rt.Instances()[0].Ports["http"]
+	resp, err := http.Post("http://127.0.0.1:"+strconv.Itoa(port)+"/fail", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	sawUnhealthy := false
+	waitFor(t, 20*time.Second, "unhealthy, then restarted healthy", func() bool {
+		in := rt.Instances()[0]
+		sawUnhealthy = sawUnhealthy || in.State == shoal.StateUnhealthy || in.Restarts > 0
+		return sawUnhealthy && in.Restarts >= 1 && in.State == shoal.StateHealthy
+	})
+}
+
+func TestAdoptionAfterRestart(t *testing.T) {
+	rt, stop := newRuntime(t, "t-adopt")
+	rt.SetDesired("rev1", desired(web(2, nil)))
+	waitFor(t, 30*time.Second, "healthy", healthy(rt, 2))
+	before := rt.Instances()
+	stop() // the agent goes away; containers keep running
+
+	rt2, _ := newRuntime(t, "t-adopt")
+	rt2.SetDesired("rev1", desired(web(2, nil)))
+	waitFor(t, 10*time.Second, "adopted", healthy(rt2, 2))
+	after := rt2.Instances()
+	for i := range before {
+		if before[i].ContainerID != after[i].ContainerID || !before[i].StartedAt.Equal(after[i].StartedAt) || after[i].Restarts != 0 {
+			t.Errorf("slot %v: before %+v after %+v", before[i].Slot, before[i], after[i])
+		}
+		if before[i].Ports["http"] != after[i].Ports["http"] {
+			t.Errorf("port changed on adoption")
+		}
+	}
+}
+
+func TestReplaceAndRemove(t *testing.T) {
+	rt, _ := newRuntime(t, "t-replace")
+	rt.SetDesired("rev1", desired(web(2, map[string]string{"MESSAGE": "v1"})))
+	waitFor(t, 30*time.Second, "healthy v1", healthy(rt, 2))
+	old := rt.Instances()
+	rt.SetDesired("rev2", desired(web(2, map[string]string{"MESSAGE": "v2"})))
+	waitFor(t, 30*time.Second, "replaced by v2", func() bool {
+		ins := rt.Instances()
+		if !healthy(rt, 2)() {
+			return false
+		}
+		for i, in := range ins {
+			if in.ContainerID == old[i].ContainerID || in.Revision != "rev2" {
+				return false
+			}
+			if body, err := get(in.Ports["http"], "/"); err != nil || strings.TrimSpace(body) != "v2" {
+				return false
+			}
+		}
+		return true
+	})
+	// Scale to one: slot 1 is stopped and removed from containerd.
+	rt.SetDesired("rev3", desired(web(1, map[string]string{"MESSAGE": "v2"})))
+	waitFor(t, 30*time.Second, "slot 1 removed", healthy(rt, 1))
+	client, _ := containerd.New(socket)
+	defer client.Close()
+	cs, err := client.Containers(ctrCtx("t-replace"))
+	if err != nil || len(cs) != 1 {
+		t.Errorf("containers left: %d (%v)", len(cs), err)
+	}
+}
+
+func TestBadImageDoesNotBlockOthers(t *testing.T) {
+	rt, _ := newRuntime(t, "t-badimg")
+	bad := web(1, nil)
+	bad.Name, bad.Image = "broken", reg.Host+"/shoal/nope:1"
+	rt.SetDesired("rev1", append(desired(bad), desired(web(1, nil))...))
+	waitFor(t, 30*time.Second, "web healthy, broken reported", func() bool {
+		var webOK, brokenErr bool
+		for _, in := range rt.Instances() {
+			webOK = webOK || in.Service == "web" && in.State == shoal.StateHealthy
+			brokenErr = brokenErr || in.Service == "broken" && strings.Contains(in.LastError, "pull "+bad.Image)
+		}
+		return webOK && brokenErr
+	})
+	for _, in := range rt.Instances() {
+		if in.Service == "broken" && !strings.Contains(in.LastError, "attempt") {
+			t.Errorf("error does not show retries: %q", in.LastError)
+		}
+	}
+}
+
+func TestRegistryDownThenImageArrives(t *testing.T) {
+	setup(t)
+	down := ctrtest.NewRegistry(t)
+	ref := down.Host + "/shoal/late:1"
+	down.Close()
+	rt, _ := newRuntime(t, "t-regdown")
+	svc := web(1, nil)
+	svc.Image = ref
+	rt.SetDesired("rev1", desired(svc))
+	waitFor(t, 20*time.Second, "pull error reported", func() bool {
+		ins := rt.Instances()
+		return len(ins) == 1 && strings.Contains(ins[0].LastError, "pull")
+	})
+	// Push the same image name to the shared registry and point at it: the
+	// runtime retries and starts it.
+	svc.Image = reg.PushTestApp(t, "shoal/late:1")
+	rt.SetDesired("rev2", desired(svc))
+	waitFor(t, 30*time.Second, "started after the image became available", healthy(rt, 1))
+}
+
+func TestNamespacesAreIsolated(t *testing.T) {
+	a, _ := newRuntime(t, "t-ns-a")
+	b, _ := newRuntime(t, "t-ns-b")
+	a.SetDesired("rev1", desired(web(1, nil)))
+	b.SetDesired("rev1", desired(web(1, nil)))
+	waitFor(t, 30*time.Second, "both healthy", func() bool { return healthy(a, 1)() && healthy(b, 1)() })
+	b.SetDesired("rev2", nil) // b stops its own, never a's
+	waitFor(t, 20*time.Second, "b empty", func() bool { return len(b.Instances()) == 0 })
+	if !healthy(a, 1)() {
+		t.Errorf("a was touched: %+v", a.Instances())
+	}
+}
+
+func TestLogs(t *testing.T) {
+	rt, _ := newRuntime(t, "t-logs")
+	rt.SetDesired("rev1", desired(web(1, nil)))
+	waitFor(t, 30*time.Second, "healthy", healthy(rt, 1))
+	waitFor(t, 10*time.Second, "log line", func() bool {
+		rc, err := rt.Logs(shoal.Slot{Service: "web", Index: 0}, false)
+		if err != nil {
+			return false
+		}
+		defer rc.Close()
+		b, _ := io.ReadAll(rc)
+		return strings.Contains(string(b), "testapp listening on :")
+	})
+	if _, err := rt.Logs(shoal.Slot{Service: "nope", Index: 0}, false); err == nil {
+		t.Error("logs of an unknown slot: want error")
+	}
+}
