@@ -27,9 +27,9 @@ type puller struct {
 	log    *slog.Logger
 	onDone func()
 
-	mu     sync.Mutex
-	state  map[string]*pullState
-	kick   chan struct{}
+	mu    sync.Mutex
+	state map[string]*pullState
+	kick  chan struct{}
 }
 
 type pullState struct {
