@@ -1,0 +1,343 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/serf/serf"
+
+	"github.com/shoal-run/shoal"
+)
+
+// Config of one node's membership.
+type Config struct {
+	NodeName      string
+	BindAddr      string
+	BindPort      int
+	AdvertiseAddr string
+	AdvertisePort int
+	// Join lists peers (host or host:port); joining is retried in the
+	// background until one answers.
+	Join []string
+	// Key encrypts gossip (16, 24 or 32 bytes); a node without it cannot
+	// join. Nil means no encryption.
+	Key []byte
+	// This node's facts, gossiped in its tags.
+	CPU     float64
+	Memory  shoal.Bytes
+	Labels  map[string]string
+	APIPort int
+	// Failure detection. Defaults were measured on loopback (FINDINGS.md):
+	// probe 200ms, timeout 100ms, suspicion ×2, gossip 50ms detect a hard
+	// stop in about 0.7 s.
+	ProbeInterval, ProbeTimeout, GossipInterval time.Duration
+	SuspicionMult                               int
+	Logger                                      *slog.Logger
+	// OnAnnounce receives each commit hash a peer announces, once.
+	OnAnnounce func(commit string)
+}
+
+// Member is a node of the fleet as gossip knows it.
+type Member struct {
+	Node     shoal.Node
+	Addr     string
+	Status   string // alive, leaving, left, failed
+	Revision string
+	APIPort  int
+}
+
+// Mesh is one node's membership, tags and record table.
+type Mesh struct {
+	cfg     Config
+	log     *slog.Logger
+	serf    *serf.Serf
+	events  chan serf.Event
+	changes chan struct{}
+	pullNow chan struct{}
+
+	mu        sync.Mutex
+	tags      map[string]string
+	local     []shoal.Record
+	localEnc  []byte
+	digest    string
+	peers     map[string]peerRecords // node → its records
+	announced map[string]bool
+	suppress  bool // tests: do not broadcast record events
+
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+type peerRecords struct {
+	digest  string
+	records []shoal.Record
+}
+
+// New validates the config and creates the Serf agent (bound, not joined).
+func New(cfg Config) (*Mesh, error) {
+	if cfg.NodeName == "" {
+		return nil, errors.New("mesh: node name is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.ProbeInterval == 0 {
+		cfg.ProbeInterval = 200 * time.Millisecond
+	}
+	if cfg.ProbeTimeout == 0 {
+		cfg.ProbeTimeout = 100 * time.Millisecond
+	}
+	if cfg.GossipInterval == 0 {
+		cfg.GossipInterval = 50 * time.Millisecond
+	}
+	if cfg.SuspicionMult == 0 {
+		cfg.SuspicionMult = 2
+	}
+	m := &Mesh{
+		cfg: cfg, log: cfg.Logger,
+		events: make(chan serf.Event, 1024), changes: make(chan struct{}, 1), pullNow: make(chan struct{}, 1),
+		peers: map[string]peerRecords{}, announced: map[string]bool{}, closed: make(chan struct{}),
+	}
+	m.digest = digestOf(nil)
+	m.tags = encodeTags(nodeTags{CPU: cfg.CPU, Memory: cfg.Memory, Labels: cfg.Labels, APIPort: cfg.APIPort, Digest: m.digest})
+	if n := tagsSize(m.tags); n > maxTagBytes {
+		return nil, fmt.Errorf("mesh: node tags take %d bytes, over Serf's %d-byte limit: use fewer or shorter labels", n, maxTagBytes)
+	}
+
+	sc := serf.DefaultConfig()
+	sc.NodeName = cfg.NodeName
+	sc.Tags = m.tags
+	sc.EventCh = m.events
+	sc.ReconnectTimeout = 30 * time.Second
+	sc.TombstoneTimeout = time.Minute
+	sc.QueryTimeoutMult = 4
+	logw := &slogWriter{log: m.log}
+	sc.LogOutput = logw
+	ml := memberlist.DefaultLANConfig()
+	ml.Name = cfg.NodeName
+	ml.BindAddr, ml.BindPort = cfg.BindAddr, cfg.BindPort
+	if ml.BindAddr == "" {
+		ml.BindAddr = "0.0.0.0"
+	}
+	ml.AdvertiseAddr, ml.AdvertisePort = cfg.AdvertiseAddr, cfg.AdvertisePort
+	if ml.AdvertisePort == 0 {
+		ml.AdvertisePort = cfg.BindPort
+	}
+	ml.ProbeInterval, ml.ProbeTimeout, ml.GossipInterval = cfg.ProbeInterval, cfg.ProbeTimeout, cfg.GossipInterval
+	ml.SuspicionMult = cfg.SuspicionMult
+	ml.SecretKey = cfg.Key
+	ml.LogOutput = logw
+	sc.MemberlistConfig = ml
+	s, err := serf.Create(sc)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: start gossip on %s:%d: %w", ml.BindAddr, cfg.BindPort, err)
+	}
+	m.serf = s
+	return m, nil
+}
+
+// slogWriter turns Serf's and memberlist's log lines into debug records.
+type slogWriter struct{ log *slog.Logger }
+
+func (w *slogWriter) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	switch {
+	case strings.Contains(line, "[ERR]"):
+		w.log.Warn(line)
+	default:
+		w.log.Debug(line)
+	}
+	return len(p), nil
+}
+
+// LocalAddr is the gossip address this node listens on.
+func (m *Mesh) LocalAddr() string {
+	mb := m.serf.LocalMember()
+	return net.JoinHostPort(mb.Addr.String(), strconv.Itoa(int(mb.Port)))
+}
+
+// Run handles gossip events, retries joins and pulls records until ctx
+// ends; then it leaves the fleet.
+func (m *Mesh) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Add(2)
+	go func() { defer wg.Done(); m.joinLoop(ctx) }()
+	go func() { defer wg.Done(); m.antiEntropy(ctx) }()
+	for {
+		select {
+		case <-ctx.Done():
+			m.Close()
+			return nil
+		case <-m.closed:
+			return nil
+		case ev := <-m.events:
+			m.handle(ev)
+		}
+	}
+}
+
+func (m *Mesh) joinLoop(ctx context.Context) {
+	if len(m.cfg.Join) == 0 {
+		return
+	}
+	delay := 200 * time.Millisecond
+	for {
+		var addrs []string
+		for _, j := range m.cfg.Join {
+			if j != m.LocalAddr() {
+				addrs = append(addrs, j)
+			}
+		}
+		n, err := m.serf.Join(addrs, true)
+		if n > 0 {
+			m.log.Info("joined fleet", "contacted", n)
+			return
+		}
+		m.log.Warn("join failed, retrying", "peers", addrs, "err", err, "in", delay)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 10*time.Second)
+	}
+}
+
+func (m *Mesh) handle(ev serf.Event) {
+	switch e := ev.(type) {
+	case serf.MemberEvent:
+		for _, mb := range e.Members {
+			switch e.Type {
+			case serf.EventMemberFailed, serf.EventMemberLeave, serf.EventMemberReap:
+				// A failed or departed member's records go at once.
+				m.mu.Lock()
+				delete(m.peers, mb.Name)
+				m.mu.Unlock()
+			}
+		}
+		m.kickPull()
+		m.notify()
+	case serf.UserEvent:
+		m.handleUserEvent(e)
+	case *serf.Query:
+		m.handleQuery(e)
+	}
+}
+
+func (m *Mesh) notify() {
+	select {
+	case m.changes <- struct{}{}:
+	default:
+	}
+}
+
+func (m *Mesh) kickPull() {
+	select {
+	case m.pullNow <- struct{}{}:
+	default:
+	}
+}
+
+// Changes signals, coalesced, that members or records changed.
+func (m *Mesh) Changes() <-chan struct{} { return m.changes }
+
+// Members returns every known member, sorted by name.
+func (m *Mesh) Members() []Member {
+	var out []Member
+	for _, mb := range m.serf.Members() {
+		t := decodeTags(mb.Tags)
+		out = append(out, Member{
+			Node:     shoal.Node{Name: mb.Name, CPU: t.CPU, Memory: t.Memory, Labels: t.Labels},
+			Addr:     mb.Addr.String(),
+			Status:   mb.Status.String(),
+			Revision: t.Revision,
+			APIPort:  t.APIPort,
+		})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Node.Name < out[j].Node.Name })
+	return out
+}
+
+// Nodes returns the alive members as placement input, sorted by name.
+func (m *Mesh) Nodes() []shoal.Node {
+	var out []shoal.Node
+	for _, mb := range m.Members() {
+		if mb.Status == "alive" {
+			out = append(out, mb.Node)
+		}
+	}
+	return out
+}
+
+// SetRevision puts the Git commit this node runs in its tags.
+func (m *Mesh) SetRevision(commit string) {
+	m.updateTags(func(t *nodeTags) bool {
+		if t.Revision == commit {
+			return false
+		}
+		t.Revision = commit
+		return true
+	})
+}
+
+func (m *Mesh) updateTags(f func(*nodeTags) bool) {
+	m.mu.Lock()
+	t := decodeTags(m.tags)
+	if !f(&t) {
+		m.mu.Unlock()
+		return
+	}
+	m.tags = encodeTags(t)
+	tags := m.tags
+	m.mu.Unlock()
+	if err := m.serf.SetTags(tags); err != nil {
+		m.log.Warn("update tags", "err", err)
+	}
+}
+
+// Announce tells the fleet about a commit.
+func (m *Mesh) Announce(commit string) error {
+	m.mu.Lock()
+	m.announced[commit] = true
+	m.mu.Unlock()
+	if err := m.serf.UserEvent("ann", []byte(commit), false); err != nil {
+		return fmt.Errorf("announce %s: %w", commit, err)
+	}
+	return nil
+}
+
+// Close leaves the fleet gracefully and stops gossip. Safe to call twice.
+func (m *Mesh) Close() error {
+	var err error
+	m.closeOnce.Do(func() {
+		close(m.closed)
+		if lerr := m.serf.Leave(); lerr != nil {
+			m.log.Warn("leave", "err", lerr)
+		}
+		err = m.serf.Shutdown()
+	})
+	return err
+}
+
+// Kill stops gossip without leaving, as a crash would (for tests).
+func (m *Mesh) Kill() {
+	m.closeOnce.Do(func() {
+		close(m.closed)
+		m.serf.Shutdown()
+	})
+}
+
+var _ io.Writer = (*slogWriter)(nil)

@@ -1,0 +1,370 @@
+package mesh
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/serf/serf"
+
+	"github.com/shoal-run/shoal"
+)
+
+// Limits that keep gossip payloads within what Serf carries.
+const (
+	maxTagBytes   = 512 // all tags of a node, encoded
+	maxEventBytes = 480 // user event payload (Serf's default limit is 512 with the name)
+	chunkBytes    = 900 // one query response (Serf's default limit is 1024)
+)
+
+// nodeTags is what a node says about itself in its Serf tags.
+type nodeTags struct {
+	CPU      float64
+	Memory   shoal.Bytes
+	Labels   map[string]string
+	APIPort  int
+	Revision string
+	Digest   string // of this node's records
+}
+
+func encodeTags(t nodeTags) map[string]string {
+	m := map[string]string{
+		"c": strconv.FormatInt(int64(t.CPU*1000+0.5), 10), // millicores
+		"m": strconv.FormatInt(int64(t.Memory>>20), 10),   // MiB
+		"d": t.Digest,
+	}
+	if t.APIPort > 0 {
+		m["a"] = strconv.Itoa(t.APIPort)
+	}
+	if t.Revision != "" {
+		m["r"] = t.Revision
+	}
+	if len(t.Labels) > 0 {
+		keys := make([]string, 0, len(t.Labels))
+		for k := range t.Labels {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		parts := make([]string, len(keys))
+		for i, k := range keys {
+			parts[i] = k + "=" + t.Labels[k]
+		}
+		m["l"] = strings.Join(parts, ",")
+	}
+	return m
+}
+
+// decodeTags reads tags; unknown or malformed values read as zero, since
+// tags come from the network.
+func decodeTags(m map[string]string) nodeTags {
+	var t nodeTags
+	if v, err := strconv.ParseInt(m["c"], 10, 64); err == nil && v >= 0 {
+		t.CPU = float64(v) / 1000
+	}
+	if v, err := strconv.ParseInt(m["m"], 10, 64); err == nil && v >= 0 && v < 1<<40 {
+		t.Memory = shoal.Bytes(v) << 20
+	}
+	if v, err := strconv.Atoi(m["a"]); err == nil && v > 0 && v < 65536 {
+		t.APIPort = v
+	}
+	t.Revision, t.Digest = m["r"], m["d"]
+	if l := m["l"]; l != "" {
+		t.Labels = map[string]string{}
+		for _, kv := range strings.Split(l, ",") {
+			if k, v, ok := strings.Cut(kv, "="); ok {
+				t.Labels[k] = v
+			}
+		}
+	}
+	return t
+}
+
+// tagsSize is the encoded size Serf counts against its limit (close to it:
+// msgpack adds a few bytes per entry).
+func tagsSize(m map[string]string) int {
+	n := 1
+	for k, v := range m {
+		n += len(k) + len(v) + 4
+	}
+	return n
+}
+
+// wireRecord is a record as gossiped: the node and address come from the
+// sender, so they are not repeated.
+type wireRecord struct {
+	S string `json:"s"`
+	I int    `json:"i"`
+	A string `json:"a"`
+	N string `json:"n"`
+	P int    `json:"p"`
+	R string `json:"r,omitempty"`
+	H bool   `json:"h,omitempty"`
+}
+
+// recordSet is one node's records on the wire.
+type recordSet struct {
+	Node    string       `json:"node"`
+	Digest  string       `json:"d"`
+	Records []wireRecord `json:"r"`
+}
+
+func encodeSet(node string, rs []shoal.Record) []byte {
+	set := recordSet{Node: node, Digest: digestOf(rs), Records: []wireRecord{}}
+	for _, r := range rs {
+		rev := r.Revision
+		if len(rev) > 12 {
+			rev = rev[:12]
+		}
+		set.Records = append(set.Records, wireRecord{S: r.Service, I: r.Slot, A: r.Addr, N: r.PortName, P: r.Port, R: rev, H: r.Healthy})
+	}
+	b, _ := json.Marshal(set)
+	return b
+}
+
+// decodeSet reads a record set from a peer. Every record is attributed to
+// the set's node; malformed sets are rejected whole.
+func decodeSet(b []byte) (recordSet, []shoal.Record, error) {
+	var set recordSet
+	if err := json.Unmarshal(b, &set); err != nil {
+		return set, nil, fmt.Errorf("decode records: %w", err)
+	}
+	if set.Node == "" || len(set.Records) > 100000 {
+		return set, nil, errors.New("decode records: bad set")
+	}
+	rs := make([]shoal.Record, 0, len(set.Records))
+	for _, w := range set.Records {
+		if w.S == "" || w.P <= 0 || w.P > 65535 || w.I < 0 {
+			return set, nil, errors.New("decode records: bad record")
+		}
+		rs = append(rs, shoal.Record{Service: w.S, Slot: w.I, Node: set.Node, Addr: w.A, PortName: w.N, Port: w.P, Revision: w.R, Healthy: w.H})
+	}
+	shoal.SortRecords(rs)
+	return set, rs, nil
+}
+
+// digestOf is a short, stable digest of a node's records.
+func digestOf(rs []shoal.Record) string {
+	cp := append([]shoal.Record(nil), rs...)
+	shoal.SortRecords(cp)
+	for i := range cp {
+		if len(cp[i].Revision) > 12 {
+			cp[i].Revision = cp[i].Revision[:12]
+		}
+	}
+	b, _ := json.Marshal(cp)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+// SetLocalRecords publishes this node's records: their digest goes in the
+// tags (so peers notice and pull) and, when small, the set itself travels
+// in a user event.
+func (m *Mesh) SetLocalRecords(rs []shoal.Record) {
+	cp := append([]shoal.Record(nil), rs...)
+	for i := range cp {
+		cp[i].Node = m.cfg.NodeName
+	}
+	d := digestOf(cp)
+	m.mu.Lock()
+	if d == m.digest {
+		m.mu.Unlock()
+		return
+	}
+	m.local, m.digest = cp, d
+	m.localEnc = encodeSet(m.cfg.NodeName, cp)
+	enc, suppress := m.localEnc, m.suppress
+	m.mu.Unlock()
+	m.notify()
+	m.updateTags(func(t *nodeTags) bool { t.Digest = d; return true })
+	if suppress {
+		return
+	}
+	payload := enc
+	if len(payload) > maxEventBytes {
+		payload, _ = json.Marshal(recordSet{Node: m.cfg.NodeName, Digest: d}) // peers pull the set
+	}
+	if err := m.serf.UserEvent("rec", payload, false); err != nil {
+		m.log.Warn("record event", "err", err)
+	}
+}
+
+// Records returns the fleet's records — this node's and every alive
+// peer's — sorted.
+func (m *Mesh) Records() []shoal.Record {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := append([]shoal.Record(nil), m.local...)
+	for _, p := range m.peers {
+		out = append(out, p.records...)
+	}
+	shoal.SortRecords(out)
+	return out
+}
+
+func (m *Mesh) handleUserEvent(e serf.UserEvent) {
+	switch e.Name {
+	case "ann":
+		commit := string(e.Payload)
+		if !validCommit(commit) {
+			return
+		}
+		m.mu.Lock()
+		seen := m.announced[commit]
+		m.announced[commit] = true
+		m.mu.Unlock()
+		if !seen && m.cfg.OnAnnounce != nil {
+			m.cfg.OnAnnounce(commit)
+		}
+	case "rec":
+		set, rs, err := decodeSet(e.Payload)
+		if err != nil || set.Node == m.cfg.NodeName {
+			return
+		}
+		if !m.alive(set.Node) {
+			return
+		}
+		if set.Digest == digestOf(rs) {
+			m.store(set.Node, set.Digest, rs)
+			return
+		}
+		m.kickPull() // the event only carried a digest
+	}
+}
+
+func validCommit(s string) bool {
+	if len(s) < 7 || len(s) > 64 {
+		return false
+	}
+	_, err := hex.DecodeString(s[:len(s)&^1])
+	return err == nil
+}
+
+func (m *Mesh) alive(node string) bool {
+	for _, mb := range m.serf.Members() {
+		if mb.Name == node {
+			return mb.Status == serf.StatusAlive
+		}
+	}
+	return false
+}
+
+func (m *Mesh) store(node, digest string, rs []shoal.Record) {
+	m.mu.Lock()
+	old, had := m.peers[node]
+	changed := !had || old.digest != digest
+	m.peers[node] = peerRecords{digest: digest, records: rs}
+	m.mu.Unlock()
+	if changed {
+		m.notify()
+	}
+}
+
+// handleQuery answers "recs" pulls: payload is the chunk index; the answer
+// is 4 bytes of chunk count then the chunk.
+func (m *Mesh) handleQuery(q *serf.Query) {
+	if q.Name != "recs" || len(q.Payload) != 4 {
+		return
+	}
+	i := int(binary.BigEndian.Uint32(q.Payload))
+	m.mu.Lock()
+	enc := m.localEnc
+	m.mu.Unlock()
+	if enc == nil {
+		enc = encodeSet(m.cfg.NodeName, nil)
+	}
+	n := (len(enc) + chunkBytes - 1) / chunkBytes
+	if i >= n {
+		return
+	}
+	chunk := enc[i*chunkBytes : min((i+1)*chunkBytes, len(enc))]
+	resp := make([]byte, 4, 4+len(chunk))
+	binary.BigEndian.PutUint32(resp, uint32(n))
+	if err := q.Respond(append(resp, chunk...)); err != nil {
+		m.log.Debug("answer records query", "err", err)
+	}
+}
+
+// antiEntropy pulls the full set of every alive peer whose tag digest
+// differs from what this node holds: a lost event heals within a round.
+func (m *Mesh) antiEntropy(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.closed:
+			return
+		case <-tick.C:
+		case <-m.pullNow:
+		}
+		for _, mb := range m.serf.Members() {
+			if mb.Name == m.cfg.NodeName || mb.Status != serf.StatusAlive {
+				continue
+			}
+			want := mb.Tags["d"]
+			m.mu.Lock()
+			have := m.peers[mb.Name].digest
+			m.mu.Unlock()
+			if want == "" || want == have {
+				continue
+			}
+			if err := m.pull(mb.Name); err != nil {
+				m.log.Debug("pull records", "node", mb.Name, "err", err)
+			}
+		}
+	}
+}
+
+// pull fetches a peer's record set chunk by chunk with Serf queries.
+func (m *Mesh) pull(node string) error {
+	var buf []byte
+	for i, n := 0, 1; i < n; i++ {
+		payload := make([]byte, 4)
+		binary.BigEndian.PutUint32(payload, uint32(i))
+		resp, err := m.serf.Query("recs", payload, &serf.QueryParam{FilterNodes: []string{node}, Timeout: time.Second})
+		if err != nil {
+			return err
+		}
+		var got []byte
+		for r := range resp.ResponseCh() {
+			if r.From == node {
+				got = r.Payload
+			}
+		}
+		if len(got) < 4 {
+			return fmt.Errorf("no answer from %s for chunk %d", node, i)
+		}
+		n = int(binary.BigEndian.Uint32(got[:4]))
+		if n > 10000 {
+			return fmt.Errorf("%s: absurd chunk count %d", node, n)
+		}
+		buf = append(buf, got[4:]...)
+	}
+	set, rs, err := decodeSet(buf)
+	if err != nil {
+		return err
+	}
+	if set.Node != node || set.Digest != digestOf(rs) {
+		return fmt.Errorf("%s: inconsistent record set", node)
+	}
+	if m.alive(node) {
+		m.store(node, set.Digest, rs)
+	}
+	return nil
+}
+
+// suppressEvents stops record events, so tests can prove anti-entropy.
+func (m *Mesh) suppressEvents(on bool) {
+	m.mu.Lock()
+	m.suppress = on
+	m.mu.Unlock()
+}

@@ -1,0 +1,270 @@
+package mesh
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/shoal-run/shoal"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// startUpstream runs a second DNS server on loopback that answers every A
+// query with 192.0.2.7, standing in for the host's resolver.
+func startUpstream(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.ParseIP("192.0.2.7")})
+		w.WriteMsg(m)
+	})}
+	go srv.ActivateAndServe()
+	t.Cleanup(func() { srv.Shutdown() })
+	return pc.LocalAddr().String()
+}
+
+func startDNS(t *testing.T, recs func() []shoal.Record) string {
+	t.Helper()
+	d := NewDNS(DNSConfig{Addr: "127.0.0.1:0", BalancerAddr: "127.0.0.9", Upstreams: []string{startUpstream(t)}, Logger: quiet,
+		Services: func() []string { return []string{"idle"} }}, recs)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-d.Ready()
+	return d.Addr()
+}
+
+func query(t *testing.T, addr, name string, qtype uint16, network string) *dns.Msg {
+	t.Helper()
+	c := &dns.Client{Net: network, Timeout: 2 * time.Second}
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	in, _, err := c.Exchange(m, addr)
+	if err != nil {
+		t.Fatalf("query %s %s: %v", name, dns.TypeToString[qtype], err)
+	}
+	return in
+}
+
+func TestDNS(t *testing.T) {
+	var recs []shoal.Record
+	for i := 0; i < 3; i++ {
+		recs = append(recs, shoal.Record{Service: "web", Slot: i, Node: fmt.Sprintf("n%d", i), Addr: fmt.Sprintf("10.1.0.%d", i+1), PortName: "http", Port: 20000 + i, Healthy: i != 2})
+	}
+	recs = append(recs, shoal.Record{Service: "down", Slot: 0, Node: "n0", Addr: "10.1.0.1", PortName: "http", Port: 20009})
+	// 40 healthy instances of "big" overflow a 512-byte UDP answer.
+	for i := 0; i < 40; i++ {
+		recs = append(recs, shoal.Record{Service: "big", Slot: i, Node: fmt.Sprintf("b%02d", i), Addr: fmt.Sprintf("10.2.0.%d", i+1), PortName: "main", Port: 21000 + i, Healthy: true})
+	}
+	addr := startDNS(t, func() []shoal.Record { return recs })
+
+	in := query(t, addr, "web.service.shoal.", dns.TypeA, "udp")
+	var ips []string
+	for _, rr := range in.Answer {
+		ips = append(ips, rr.(*dns.A).A.String())
+	}
+	if in.Rcode != dns.RcodeSuccess || strings.Join(ips, ",") != "10.1.0.1,10.1.0.2" || in.Answer[0].Header().Ttl != 5 {
+		t.Errorf("A: rcode %d answers %v (unhealthy n2 must be left out)", in.Rcode, ips)
+	}
+
+	in = query(t, addr, "_http._tcp.web.service.shoal.", dns.TypeSRV, "udp")
+	if len(in.Answer) != 2 || len(in.Extra) != 2 {
+		t.Fatalf("SRV: %v", in)
+	}
+	srv := in.Answer[0].(*dns.SRV)
+	if srv.Port != 20000 || srv.Target != "n0.node.shoal." || in.Extra[0].(*dns.A).A.String() != "10.1.0.1" {
+		t.Errorf("SRV answer %v extra %v", srv, in.Extra[0])
+	}
+
+	for _, tc := range []struct {
+		name  string
+		qtype uint16
+		rcode int
+		n     int
+	}{
+		{"web.service.shoal.", dns.TypeAAAA, dns.RcodeSuccess, 0}, // NODATA: v4 only
+		{"down.service.shoal.", dns.TypeA, dns.RcodeSuccess, 0},   // NODATA: no healthy instance
+		{"idle.service.shoal.", dns.TypeA, dns.RcodeSuccess, 0},   // NODATA: in the spec, nothing running
+		{"nope.service.shoal.", dns.TypeA, dns.RcodeNameError, 0}, // NXDOMAIN
+		{"_grpc._tcp.web.service.shoal.", dns.TypeSRV, dns.RcodeSuccess, 0},
+		{"n1.node.shoal.", dns.TypeA, dns.RcodeSuccess, 1},
+		{"ghost.node.shoal.", dns.TypeA, dns.RcodeNameError, 0},
+		{"web.shoal.", dns.TypeA, dns.RcodeSuccess, 1}, // the balancer
+		{"WEB.Service.Shoal.", dns.TypeA, dns.RcodeSuccess, 2},
+	} {
+		in := query(t, addr, tc.name, tc.qtype, "udp")
+		if in.Rcode != tc.rcode || len(in.Answer) != tc.n {
+			t.Errorf("%s %s: rcode %s, %d answers; want %s, %d", tc.name, dns.TypeToString[tc.qtype], dns.RcodeToString[in.Rcode], len(in.Answer), dns.RcodeToString[tc.rcode], tc.n)
+		}
+		if tc.n == 0 && len(in.Ns) == 0 {
+			t.Errorf("%s: negative answer without SOA", tc.name)
+		}
+	}
+	if in := query(t, addr, "web.shoal.", dns.TypeA, "udp"); in.Answer[0].(*dns.A).A.String() != "127.0.0.9" {
+		t.Errorf("web.shoal = %v", in.Answer[0])
+	}
+
+	// Forwarded outside .shoal.
+	if in := query(t, addr, "example.org.", dns.TypeA, "udp"); len(in.Answer) != 1 || in.Answer[0].(*dns.A).A.String() != "192.0.2.7" {
+		t.Errorf("forward: %v", in)
+	}
+
+	// Truncated over UDP, complete over TCP.
+	in = query(t, addr, "big.service.shoal.", dns.TypeA, "udp")
+	if !in.Truncated {
+		t.Errorf("40 answers fit in 512 bytes? %d answers", len(in.Answer))
+	}
+	if in := query(t, addr, "big.service.shoal.", dns.TypeA, "tcp"); in.Truncated || len(in.Answer) != 40 {
+		t.Errorf("TCP: truncated=%v answers=%d", in.Truncated, len(in.Answer))
+	}
+}
+
+// backends starts n HTTP servers that say which one answered.
+func backends(t *testing.T, n int) []*httptest.Server {
+	var out []*httptest.Server
+	for i := 0; i < n; i++ {
+		i := i
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "b%d", i) }))
+		t.Cleanup(s.Close)
+		out = append(out, s)
+	}
+	return out
+}
+
+func recordFor(s *httptest.Server, slot int, node string) shoal.Record {
+	host, port, _ := net.SplitHostPort(strings.TrimPrefix(s.URL, "http://"))
+	p, _ := strconv.Atoi(port)
+	return shoal.Record{Service: "web", Slot: slot, Node: node, Addr: host, PortName: "http", Port: p, Healthy: true}
+}
+
+func TestBalancer(t *testing.T) {
+	bs := backends(t, 4)
+	var mu sync.Mutex
+	recs := []shoal.Record{recordFor(bs[0], 0, "n1"), recordFor(bs[1], 1, "n2"), recordFor(bs[2], 2, "n3")}
+	src := func() []shoal.Record { mu.Lock(); defer mu.Unlock(); return append([]shoal.Record(nil), recs...) }
+	lb := NewBalancer(BalancerConfig{ListenHost: "127.0.0.1", LocalNode: "elsewhere", Logger: quiet}, src)
+	t.Cleanup(func() { lb.Close() })
+	port := freeUDPTCPPort(t)
+	lb.SetRoutes([]Route{{Service: "web", PortName: "http", Port: port}})
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	get := func() (string, error) {
+		resp, err := client.Get(url)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return string(b), err
+	}
+
+	// Spread across all three.
+	counts := map[string]int{}
+	for i := 0; i < 300; i++ {
+		body, err := get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts[body]++
+	}
+	for _, b := range []string{"b0", "b1", "b2"} {
+		if counts[b] < 40 {
+			t.Errorf("%s got %d of 300: %v", b, counts[b], counts)
+		}
+	}
+
+	// Kill one backend mid-load: its record goes away shortly after (as
+	// health checks would see). Only requests in flight on it at that
+	// moment may fail — at most one per worker — because a refused dial is
+	// retried on another instance.
+	var failed, ok atomic.Int64
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := get(); err != nil {
+					failed.Add(1)
+				} else {
+					ok.Add(1)
+				}
+			}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond) // let load build up before the kill
+	bs[1].Close()
+	time.Sleep(200 * time.Millisecond)
+	mu.Lock()
+	recs = []shoal.Record{recordFor(bs[0], 0, "n1"), recordFor(bs[2], 2, "n3")}
+	mu.Unlock()
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if n := failed.Load(); n > 4 {
+		t.Errorf("%d requests failed while a backend died (of %d); at most the 4 in flight may", n, n+ok.Load())
+	}
+	t.Logf("backend killed under load: %d requests ok, %d failed (in flight)", ok.Load(), failed.Load())
+	if st := lb.Stats()["web"]; st.DialFailures == 0 {
+		t.Logf("no dial hit the dead backend before its record went (stats %+v)", st)
+	}
+
+	// A new backend gets traffic.
+	mu.Lock()
+	recs = append(recs, recordFor(bs[3], 3, "n4"))
+	mu.Unlock()
+	counts = map[string]int{}
+	for i := 0; i < 150; i++ {
+		body, _ := get()
+		counts[body]++
+	}
+	if counts["b3"] == 0 || counts["b1"] != 0 {
+		t.Errorf("after changes: %v", counts)
+	}
+
+	// Local instances are preferred.
+	lb2 := NewBalancer(BalancerConfig{ListenHost: "127.0.0.1", LocalNode: "n3", Logger: quiet}, src)
+	t.Cleanup(func() { lb2.Close() })
+	port2 := freeUDPTCPPort(t)
+	lb2.SetRoutes([]Route{{Service: "web", PortName: "http", Port: port2}})
+	for i := 0; i < 20; i++ {
+		resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/", port2))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "b2" {
+			t.Fatalf("local preference: got %s", b)
+		}
+	}
+	st := lb.Stats()["web"]
+	if st.Connections < 450 || st.BytesOut == 0 || st.Rate <= 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
