@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -17,6 +18,9 @@ import (
 	"github.com/containerd/containerd/remotes"
 	"github.com/containerd/containerd/remotes/docker"
 )
+
+// errPulling means the image is on its way: not a failure worth a warning.
+var errPulling = errors.New("being pulled")
 
 // puller pulls images in the background, one goroutine per image, with
 // backoff on failure, so a missing image or a registry that is down delays
@@ -81,7 +85,7 @@ func (p *puller) get(ctx context.Context, ref string) (containerd.Image, error) 
 	if why := p.problem(ref); why != "" {
 		return nil, fmt.Errorf("%s", why)
 	}
-	return nil, fmt.Errorf("image %s: not pulled yet", ref)
+	return nil, fmt.Errorf("image %s: %w", ref, errPulling)
 }
 
 func (p *puller) run(ctx context.Context) {

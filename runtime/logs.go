@@ -15,12 +15,12 @@ func contextWithNamespace(ctx context.Context, ns string) context.Context {
 	return namespaces.WithNamespace(ctx, ns)
 }
 
-func hostPort(labelJSON, name string) int {
+func hostPort(labelJSON, name string) int { return portsOf(labelJSON)[name] }
+
+func portsOf(labelJSON string) map[string]int {
 	var ports map[string]int
-	if json.Unmarshal([]byte(labelJSON), &ports) != nil {
-		return 0
-	}
-	return ports[name]
+	json.Unmarshal([]byte(labelJSON), &ports)
+	return ports
 }
 
 // rotate moves a log past max bytes to path.1 before a task starts. The

@@ -328,7 +328,11 @@ func (r *Runtime) execute(ctx context.Context, a Actions, revision string, cs ma
 			defer wg.Done()
 			defer func() { <-sem }()
 			if err := f(); err != nil {
-				r.log.Warn(name, "slot", slot.String(), "err", err)
+				if errors.Is(err, errPulling) {
+					r.log.Debug(name, "slot", slot.String(), "err", err)
+				} else {
+					r.log.Warn(name, "slot", slot.String(), "err", err)
+				}
 				r.mu.Lock()
 				r.pending[slot] = fmt.Sprintf("%s: %v", name, err)
 				r.mu.Unlock()
@@ -492,6 +496,15 @@ func (r *Runtime) restart(ctx context.Context, ct *container, o Observed) error 
 	if o.Unhealthy {
 		why = "unhealthy"
 	}
+	// Another process may have taken a port between allocation and bind
+	// (the container then exits with "address in use" each time): start
+	// afresh with new ports instead of looping.
+	for name, port := range portsOf(ct.labels[LabelPorts]) {
+		if !free(port) {
+			r.log.Warn("port taken by another process, recreating", "slot", o.Slot.String(), "port", name, "host_port", port)
+			return r.remove(ctx, ct)
+		}
+	}
 	r.log.Info("restarting", "slot", o.Slot.String(), "container", o.ID, "why", why, "failures", f.count)
 	c, err := r.client.LoadContainer(ctx, o.ID)
 	if err != nil {
@@ -558,6 +571,10 @@ func (r *Runtime) publish(ctx context.Context, desired []Desired) error {
 	defer r.mu.Unlock()
 	var out []shoal.Instance
 	have := map[shoal.Slot]bool{}
+	bySlot := make(map[shoal.Slot]shoal.Service, len(desired))
+	for _, d := range desired {
+		bySlot[d.Slot] = d.Service
+	}
 	for id, ct := range cs {
 		idx, _ := strconv.Atoi(ct.labels[LabelSlot])
 		in := shoal.Instance{
@@ -573,13 +590,21 @@ func (r *Runtime) publish(ctx context.Context, desired []Desired) error {
 		r.ports.adopt(in.Slot, in.Ports)
 		f := r.failures[in.Slot]
 		in.Restarts = f.count
+		// Healthy needs a passed check when the service has one (an
+		// explicit check, or the implicit one of a service with ports):
+		// before its first check an instance is only starting.
+		checked := false
+		if svc, ok := bySlot[in.Slot]; ok && svc.Hash() == in.SpecHash {
+			checked = healthOf(svc) != nil
+		}
+		hs := r.health[id]
 		switch {
 		case ct.status != containerd.Running:
 			in.State = shoal.StateExited
 			in.LastError = fmt.Sprintf("exited with code %d", ct.exit)
-		case r.health[id] != nil && r.health[id].state.Unhealthy:
+		case hs != nil && hs.state.Unhealthy:
 			in.State = shoal.StateUnhealthy
-		case r.health[id] != nil && !r.health[id].state.Healthy:
+		case checked && (hs == nil || !hs.state.Healthy):
 			in.State = shoal.StateStarting
 		default:
 			in.State = shoal.StateHealthy

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -71,13 +72,19 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// portBlock gives each runtime of the package its own 200 host ports
+// (23000-27999; the agent tests use 22000-22999), so concurrent runtimes
+// never race for one port.
+var portBlock atomic.Int32
+
 func newRuntime(t *testing.T, ns string) (*runtime.Runtime, func()) {
 	t.Helper()
 	setup(t)
+	low := 23000 + 200*int(portBlock.Add(1)%25)
 	dir := t.TempDir()
 	rt, err := runtime.New(context.Background(), runtime.Config{
 		Socket: socket, Namespace: ns, DataDir: dir, NodeName: "n1",
-		Interval: 100 * time.Millisecond, PortLow: 21000 + 500*len(ns)%8000, PortHigh: 29999,
+		Interval: 100 * time.Millisecond, PortLow: low, PortHigh: low + 199,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {

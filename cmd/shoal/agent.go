@@ -1,0 +1,297 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/shoal-run/shoal"
+	"github.com/shoal-run/shoal/gitsync"
+	"github.com/shoal-run/shoal/mesh"
+	"github.com/shoal-run/shoal/placement"
+	"github.com/shoal-run/shoal/runtime"
+)
+
+// agent wires the pieces of one node: specs from Git, the fleet from gossip,
+// the placement computed from both, the node's share run in containerd, and
+// records of what runs published back to the fleet.
+//
+// All decisions are made in step, from values: the latest revision, the
+// members, the records and the local instances. Every input change — a new
+// revision, a membership or record change, an instance change, a timer —
+// only pokes a channel that makes the loop call step again.
+type agent struct {
+	cfg  agentConfig
+	log  *slog.Logger
+	addr string // advertised address of this node
+
+	sync *gitsync.Syncer
+	rt   *runtime.Runtime
+	mesh *mesh.Mesh
+	dns  *mesh.DNS
+	lb   *mesh.Balancer
+
+	parts agentParts
+
+	poke chan struct{}
+
+	mu        sync.Mutex
+	rev       *shoal.Revision
+	plan      *placement.Placement
+	held      map[shoal.Slot]time.Time // make-before-break: moved slots still running here
+	jobs      jobState
+	announced string
+	m         counters
+}
+
+// counters are the agent's own totals for /metrics.
+type counters struct {
+	plans, reconciles float64
+	planTime          time.Duration
+}
+
+func (a *agent) wake() {
+	select {
+	case a.poke <- struct{}{}:
+	default:
+	}
+}
+
+// onRevision is gitsync's callback: record the revision, tell the fleet.
+func (a *agent) onRevision(rev *shoal.Revision) {
+	a.mu.Lock()
+	a.rev = rev
+	announce := rev.Commit != a.announced
+	a.announced = rev.Commit
+	a.mu.Unlock()
+	a.log.Info("revision in force", "commit", rev.Short(), "spec", rev.SpecHash[:12], "services", len(rev.Spec.Services), "jobs", len(rev.Spec.Jobs))
+	if announce {
+		if err := a.mesh.Announce(rev.Commit); err != nil {
+			a.log.Warn("announce revision", "commit", rev.Short(), "err", err)
+		}
+	}
+	a.wake()
+}
+
+// onAnnounce is the mesh's callback: a peer saw a new commit.
+func (a *agent) onAnnounce(commit string) {
+	a.mu.Lock()
+	known := a.rev != nil && a.rev.Commit == commit
+	a.mu.Unlock()
+	if !known {
+		a.sync.Announce(commit)
+	}
+}
+
+// loop runs step on every poke and at least every second, which bounds
+// handoff timeouts and cron ticks.
+func (a *agent) loop(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.poke:
+		case <-a.mesh.Changes():
+		case <-a.rt.Changes():
+		case <-tick.C:
+		}
+		a.step(time.Now())
+	}
+}
+
+// step recomputes the placement and hands the runtime this node's share.
+func (a *agent) step(now time.Time) {
+	a.mu.Lock()
+	rev := a.rev
+	a.mu.Unlock()
+
+	instances := a.rt.Instances()
+	a.mesh.SetLocalRecords(shoal.RecordsFor(a.cfg.NodeName, a.addr, instances))
+	if rev == nil {
+		return // nothing verified yet: run nothing new, touch nothing
+	}
+
+	nodes := a.mesh.Nodes()
+	t0 := time.Now()
+	plan := placement.Plan(rev.Spec, nodes)
+	planTime := time.Since(t0)
+
+	var mine []shoal.Slot
+	for _, as := range plan.ForNode(a.cfg.NodeName) {
+		mine = append(mine, shoal.Slot{Service: as.Service, Index: as.Slot})
+	}
+	var running []shoal.Slot
+	for _, in := range instances {
+		running = append(running, in.Slot)
+	}
+	records := a.mesh.Records()
+	healthy := map[string]bool{}
+	for _, r := range records {
+		if r.Healthy {
+			healthy[r.Node+"/"+shoal.Slot{Service: r.Service, Index: r.Slot}.String()] = true
+		}
+	}
+	a.mu.Lock()
+	keep, held := handoff(mine, plan.NodeOf, running,
+		func(node string, s shoal.Slot) bool { return healthy[node+"/"+s.String()] },
+		a.held, now, a.cfg.HandoffTimeout)
+	a.held = held
+	jobRuns := a.jobs.due(rev.Spec, nodes, a.cfg.NodeName, instances, now)
+	a.plan = plan
+	a.m.plans++
+	a.m.reconciles++
+	a.m.planTime += planTime
+	a.mu.Unlock()
+
+	var want []runtime.Desired
+	for _, s := range keep {
+		if svc := rev.Spec.Service(s.Service); svc != nil {
+			want = append(want, runtime.Desired{Slot: s, Service: *svc})
+		}
+	}
+	want = append(want, jobRuns...)
+	a.rt.SetDesired(rev.Commit, want)
+	a.lb.SetRoutes(routesOf(rev.Spec))
+	a.mesh.SetRevision(rev.Commit)
+}
+
+// Status implements agentView.
+func (a *agent) Status() nodeStatus {
+	a.mu.Lock()
+	rev, plan := a.rev, a.plan
+	a.mu.Unlock()
+	st := nodeStatus{Node: a.cfg.NodeName, Addr: a.addr, Version: version, Instances: a.rt.Instances(), Errors: a.errorList()}
+	if rev != nil {
+		st.Revision, st.SpecHash = rev.Commit, rev.SpecHash
+	}
+	st.Sync = toSyncStatus(a.sync.Status())
+	if plan != nil {
+		st.Unplaced = unplacedOf(plan)
+	}
+	if st.Instances == nil {
+		st.Instances = []shoal.Instance{}
+	}
+	return st
+}
+
+func toSyncStatus(s gitsync.Status) syncStatus {
+	out := syncStatus{Commit: s.Commit, LastFetch: s.LastFetch, Verified: s.Verified, Signer: s.Signer}
+	if s.Error != nil {
+		out.LastError = s.Error.Error()
+		out.ErrorSince = s.Error.Since
+	}
+	return out
+}
+
+func unplacedOf(p *placement.Placement) []unplacedSlot {
+	out := []unplacedSlot{}
+	for _, u := range p.Unplaced {
+		out = append(out, unplacedSlot{Service: u.Service, Slot: u.Slot, Reason: u.Reason})
+	}
+	return out
+}
+
+// errorList is what keeps this node from running the newest spec as it
+// should: sync errors (with spec errors located by file and line) and
+// unplaced slots are reported separately.
+func (a *agent) errorList() []string {
+	errs := []string{}
+	if e := a.sync.Status().Error; e != nil {
+		errs = append(errs, fmt.Sprintf("%s: %s", a.cfg.NodeName, e.Error()))
+		for _, f := range e.Fields {
+			errs = append(errs, fmt.Sprintf("%s:   %s", a.cfg.NodeName, f.Error()))
+		}
+	}
+	return errs
+}
+
+// Fleet implements agentView.
+func (a *agent) Fleet() fleetStatus {
+	a.mu.Lock()
+	rev, plan := a.rev, a.plan
+	a.mu.Unlock()
+	f := fleetStatus{Node: a.cfg.NodeName, Members: a.Members(), Errors: a.errorList(), Unplaced: []unplacedSlot{}}
+	desired := map[shoal.Slot]string{}
+	if rev != nil {
+		f.Revision = rev.Commit
+	}
+	if plan != nil {
+		for _, as := range plan.Assignments {
+			desired[shoal.Slot{Service: as.Service, Index: as.Slot}] = as.Node
+		}
+		f.Unplaced = unplacedOf(plan)
+	}
+	f.Services = summarize(desired, a.mesh.Records())
+	// Another node's errors show through its revision lagging: a member
+	// not at this node's revision is named, so `shoal status` shows it.
+	for _, m := range f.Members {
+		if rev != nil && m.Status == "alive" && m.Revision != rev.Commit {
+			f.Errors = append(f.Errors, fmt.Sprintf("%s: runs revision %s, not %s", m.Name, short(m.Revision), short(rev.Commit)))
+		}
+	}
+	sort.Strings(f.Errors)
+	return f
+}
+
+// Members implements agentView.
+func (a *agent) Members() []memberView {
+	var out []memberView
+	for _, m := range a.mesh.Members() {
+		out = append(out, memberView{
+			Name: m.Node.Name, Addr: m.Addr, Status: m.Status, Revision: m.Revision,
+			CPU: m.Node.CPU, Memory: m.Node.Memory, Labels: m.Node.Labels, APIPort: m.APIPort,
+		})
+	}
+	if out == nil {
+		out = []memberView{}
+	}
+	return out
+}
+
+// routesOf is every service port the balancer serves.
+func routesOf(spec *shoal.Spec) []mesh.Route {
+	var rs []mesh.Route
+	for _, svc := range spec.Services {
+		for _, p := range svc.Ports {
+			rs = append(rs, mesh.Route{Service: svc.Name, PortName: p.Name, Port: p.Port})
+		}
+	}
+	return rs
+}
+
+// Records implements agentView.
+func (a *agent) Records() []shoal.Record { return a.mesh.Records() }
+
+// Logs implements agentView.
+func (a *agent) Logs(slot shoal.Slot, follow bool) (io.ReadCloser, error) {
+	return a.rt.Logs(slot, follow)
+}
+
+// serveAPI runs the HTTP API until ctx ends.
+func serveAPI(ctx context.Context, addr string, h http.Handler, log *slog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("api: listen %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	log.Info("api listening", "addr", ln.Addr().String())
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("api: %w", err)
+	}
+	return nil
+}

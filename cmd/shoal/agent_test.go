@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/shoal-run/shoal"
+	"github.com/shoal-run/shoal/gitsync/gittest"
+	"github.com/shoal-run/shoal/internal/ctrtest"
+)
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// runningAgent is an agent started in the test process.
+type runningAgent struct {
+	a    *agent
+	stop func()
+}
+
+func startAgent(t *testing.T, cfg agentConfig) *runningAgent {
+	t.Helper()
+	if err := cfg.finish(); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a, err := newAgent(ctx, cfg, log.With("node", cfg.NodeName))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.run(ctx) }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent %s: %v", cfg.NodeName, err)
+		}
+	}
+	t.Cleanup(stop)
+	return &runningAgent{a: a, stop: stop}
+}
+
+type testLogWriter struct{ t *testing.T }
+
+func (w testLogWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func healthyRecords(a *agent, svc string) int {
+	n := 0
+	for _, r := range a.Records() {
+		if r.Service == svc && r.Healthy {
+			n++
+		}
+	}
+	return n
+}
+
+func webSpec(replicas int, image string, port int) string {
+	return fmt.Sprintf("name: web\nimage: %s\nreplicas: %d\nresources: {cpu: 0.1, memory: 32Mi}\nports:\n  - {name: http, port: %d, protocol: http}\nhealth: {http: /healthz, interval: 200ms, timeout: 200ms}\n", image, replicas, port)
+}
+
+// TestAgentOneNode deploys a repository on one node and checks the service
+// through the balancer and DNS, scaling by commit, a bad commit, and an
+// agent restart that restarts no container.
+func TestAgentOneNode(t *testing.T) {
+	socket := ctrtest.Containerd(t)
+	reg := ctrtest.NewRegistry(t)
+	img := reg.PushTestApp(t, "shoal/testapp:1")
+	repo := gittest.New(t)
+	srv := repo.Serve()
+	svcPort := freePort(t)
+	repo.Commit("web x2", map[string]string{"services/web.yaml": webSpec(2, img, svcPort)})
+
+	cfg := agentConfig{
+		Repo: srv.URL + "/remote.git", Branch: "main", Poll: 200 * time.Millisecond,
+		DataDir: t.TempDir(), NodeName: "n1", CPU: 4, Memory: 8 << 30,
+		Bind: "127.0.0.1:" + strconv.Itoa(freePort(t)), API: "127.0.0.1:" + strconv.Itoa(freePort(t)),
+		DNS: "127.0.0.1:" + strconv.Itoa(freePort(t)), Ingress: "127.0.0.1",
+		ContainerdSocket: socket, ContainerdNamespace: "agent-one", PortRange: "22000-22999",
+		HandoffTimeout: 10 * time.Second, LogLevel: "info",
+	}
+	ra := startAgent(t, cfg)
+	waitUntil(t, 60*time.Second, "2 healthy web records", func() bool { return healthyRecords(ra.a, "web") == 2 })
+
+	// Real traffic through the balancer on the service port.
+	// One connection per request: the balancer picks per connection.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	seen := map[string]bool{}
+	for i := 0; i < 20; i++ {
+		resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/", svcPort))
+		if err != nil {
+			t.Fatalf("request %d through the balancer: %v\nrecords %+v\nstats %+v", i, err, ra.a.Records(), ra.a.lb.Stats())
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		seen[strings.TrimSpace(string(b))] = true
+	}
+	if !seen["hello from web/0 on n1"] || !seen["hello from web/1 on n1"] {
+		t.Errorf("balancer did not reach both instances: %v", seen)
+	}
+
+	// Real DNS queries.
+	c := new(dns.Client)
+	m := new(dns.Msg)
+	m.SetQuestion("web.service.shoal.", dns.TypeA)
+	in, _, err := c.Exchange(m, cfg.DNS)
+	if err != nil || len(in.Answer) == 0 {
+		t.Fatalf("DNS web.service.shoal: %v %v", err, in)
+	}
+	if a, ok := in.Answer[0].(*dns.A); !ok || a.A.String() != "127.0.0.1" {
+		t.Errorf("answer %v", in.Answer[0])
+	}
+
+	// Scale by commit.
+	repo.Commit("web x3", map[string]string{"services/web.yaml": webSpec(3, img, svcPort)})
+	waitUntil(t, 30*time.Second, "3 healthy web records", func() bool { return healthyRecords(ra.a, "web") == 3 })
+	good := ra.a.Status().Revision
+
+	// A broken commit changes nothing and shows in status with file:line.
+	bad := repo.Commit("typo", map[string]string{"services/web.yaml": strings.Replace(webSpec(1, img, svcPort), "replicas", "replicaz", 1)})
+	waitUntil(t, 30*time.Second, "the error in status", func() bool {
+		st := ra.a.Status()
+		return strings.Contains(st.Sync.LastError, bad[:7]) || strings.Contains(strings.Join(st.Errors, "\n"), "services/web.yaml:3")
+	})
+	st := ra.a.Status()
+	if st.Revision != good || healthyRecords(ra.a, "web") != 3 {
+		t.Errorf("bad commit changed the node: revision %s (want %s), %d healthy", st.Revision, good, healthyRecords(ra.a, "web"))
+	}
+	if !strings.Contains(strings.Join(st.Errors, "\n"), "services/web.yaml:3:1: replicaz: unknown field") {
+		t.Errorf("status errors lack file:line:field: %q", st.Errors)
+	}
+
+	// Restart the agent: no container restarts.
+	before := ra.a.rt.Instances()
+	ra.stop()
+	ra2 := startAgent(t, cfg)
+	waitUntil(t, 30*time.Second, "3 healthy after restart", func() bool { return healthyRecords(ra2.a, "web") == 3 })
+	after := ra2.a.rt.Instances()
+	if len(after) != len(before) {
+		t.Fatalf("instances %d → %d", len(before), len(after))
+	}
+	for i := range before {
+		if before[i].ContainerID != after[i].ContainerID || !before[i].StartedAt.Equal(after[i].StartedAt) || after[i].Restarts != 0 {
+			t.Errorf("slot %v restarted: %+v → %+v", before[i].Slot, before[i], after[i])
+		}
+	}
+	_ = shoal.Slot{}
+}

@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/shoal-run/shoal/gitsync"
+	"github.com/shoal-run/shoal/mesh"
+	"github.com/shoal-run/shoal/runtime"
+)
+
+// build constructs every part from the config. Nothing runs until run.
+func (a *agent) build(ctx context.Context) error {
+	cfg := a.cfg
+	lo, hi, _ := parsePortRange(cfg.PortRange)
+	_, apiPortStr, _ := net.SplitHostPort(cfg.API)
+	apiPort, _ := strconv.Atoi(apiPortStr)
+	bindHost, bindPortStr, _ := net.SplitHostPort(cfg.Bind)
+	bindPort, _ := strconv.Atoi(bindPortStr)
+	key, err := gossipKey(cfg)
+	if err != nil {
+		return err
+	}
+
+	rt, err := runtime.New(ctx, runtime.Config{
+		Socket: cfg.ContainerdSocket, Namespace: cfg.ContainerdNamespace,
+		DataDir: filepath.Join(cfg.DataDir, "runtime"), StartContainerd: cfg.StartContainerd,
+		NodeName: cfg.NodeName, PortLow: lo, PortHigh: hi,
+		InsecureRegistries: cfg.InsecureRegistries, DockerConfig: cfg.DockerConfig,
+		Logger: a.log.With("part", "runtime"),
+	})
+	if err != nil {
+		return err
+	}
+	a.rt = rt
+	a.parts.runs = append(a.parts.runs, rt.Run)
+	a.parts.closers = append(a.parts.closers, rt.Close)
+
+	m, err := mesh.New(mesh.Config{
+		NodeName: cfg.NodeName, BindAddr: bindHost, BindPort: bindPort,
+		AdvertiseAddr: a.addr, Join: cfg.Join, Key: key,
+		CPU: cfg.CPU, Memory: cfg.Memory, Labels: cfg.Labels, APIPort: apiPort,
+		Logger: a.log.With("part", "mesh"), OnAnnounce: a.onAnnounce,
+	})
+	if err != nil {
+		rt.Close()
+		return err
+	}
+	a.mesh = m
+	a.parts.runs = append(a.parts.runs, m.Run)
+	a.parts.closers = append(a.parts.closers, m.Close)
+
+	ingress := cfg.Ingress
+	if ip := net.ParseIP(ingress); ip == nil || ip.IsUnspecified() {
+		ingress = a.addr // <service>.shoal answers this node's balancer
+	}
+	a.dns = mesh.NewDNS(mesh.DNSConfig{Addr: cfg.DNS, BalancerAddr: ingress, Upstreams: cfg.DNSUpstreams, Logger: a.log.With("part", "dns"), Services: a.serviceNames}, m.Records)
+	a.parts.runs = append(a.parts.runs, a.dns.Run)
+	a.lb = mesh.NewBalancer(mesh.BalancerConfig{ListenHost: cfg.Ingress, LocalNode: cfg.NodeName, Logger: a.log.With("part", "balancer")}, m.Records)
+	a.parts.runs = append(a.parts.runs, a.lb.Run)
+	a.parts.closers = append(a.parts.closers, a.lb.Close)
+
+	sc, err := a.syncConfig()
+	if err != nil {
+		return err
+	}
+	syncer, err := gitsync.New(sc)
+	if err != nil {
+		return err
+	}
+	a.sync = syncer
+	a.parts.runs = append(a.parts.runs, syncer.Run)
+	a.parts.closers = append(a.parts.closers, syncer.Close)
+
+	api := &apiServer{view: a, token: cfg.APIToken, metrics: metricsHandler(a.metricsSnapshot), log: a.log}
+	if cfg.WebhookSecret != "" {
+		api.webhook = syncer.WebhookHandler(cfg.WebhookSecret)
+	}
+	h := api.handler()
+	a.parts.runs = append(a.parts.runs, func(ctx context.Context) error { return serveAPI(ctx, cfg.API, h, a.log) })
+	return nil
+}
+
+// serviceNames lists the services of the revision in force.
+func (a *agent) serviceNames() []string {
+	a.mu.Lock()
+	rev := a.rev
+	a.mu.Unlock()
+	if rev == nil {
+		return nil
+	}
+	names := make([]string, len(rev.Spec.Services))
+	for i, s := range rev.Spec.Services {
+		names[i] = s.Name
+	}
+	return names
+}
+
+// gossipKey reads the Serf encryption key from --gossip-key or the first
+// (primary) key of a --keyring file.
+func gossipKey(cfg agentConfig) ([]byte, error) {
+	raw := cfg.GossipKey
+	if cfg.Keyring != "" {
+		data, err := os.ReadFile(cfg.Keyring)
+		if err != nil {
+			return nil, fmt.Errorf("--keyring: %w", err)
+		}
+		var keys []string
+		if err := json.Unmarshal(data, &keys); err != nil || len(keys) == 0 {
+			return nil, fmt.Errorf("--keyring %s: want a JSON list of base64 keys", cfg.Keyring)
+		}
+		raw = keys[0]
+	}
+	if raw == "" {
+		return nil, nil
+	}
+	key, err := base64.StdEncoding.DecodeString(raw)
+	if err != nil || (len(key) != 16 && len(key) != 24 && len(key) != 32) {
+		return nil, fmt.Errorf("gossip key: want base64 of 16, 24 or 32 bytes (make one with: head -c32 /dev/urandom | base64)")
+	}
+	return key, nil
+}
+
+// metricsSnapshot gathers what /metrics reports.
+func (a *agent) metricsSnapshot() metricsSnapshot {
+	a.mu.Lock()
+	rev, plan, m := a.rev, a.plan, a.m
+	a.mu.Unlock()
+	s := metricsSnapshot{
+		SyncErrors: map[string]float64{}, Instances: map[[2]string]float64{}, Restarts: map[string]float64{},
+		Members: map[string]float64{}, DNSQueries: map[string]float64{},
+		BalancerConns: map[string]float64{}, BalancerActive: map[string]float64{}, BalancerBytes: map[[2]string]float64{},
+		BalancerRate: map[string]float64{}, BalancerFailed: map[string]float64{},
+		PlanCount: m.plans, PlanSeconds: m.planTime.Seconds(), Reconciles: m.reconciles,
+	}
+	if rev != nil {
+		s.Revision = rev.Commit
+	}
+	st := a.sync.Status()
+	if !st.LastFetch.IsZero() {
+		s.LastFetchUnix = float64(st.LastFetch.UnixNano()) / float64(time.Second)
+	}
+	if st.Error != nil {
+		s.SyncErrors[st.Error.What] = 1
+		s.SyncAttempts = float64(st.Error.Attempts)
+	}
+	if plan != nil {
+		s.Placed, s.Unplaced = float64(len(plan.Assignments)), float64(len(plan.Unplaced))
+		s.LocalSlots = float64(len(plan.ForNode(a.cfg.NodeName)))
+	}
+	for _, in := range a.rt.Instances() {
+		s.Instances[[2]string{in.Service, string(in.State)}]++
+		s.Restarts[in.Service] += float64(in.Restarts)
+	}
+	for _, mb := range a.mesh.Members() {
+		s.Members[mb.Status]++
+	}
+	s.Records = float64(len(a.mesh.Records()))
+	for rc, n := range a.dns.Stats() {
+		s.DNSQueries[rc] = float64(n)
+	}
+	for svc, st := range a.lb.Stats() {
+		s.BalancerConns[svc] = float64(st.Connections)
+		s.BalancerActive[svc] = float64(st.Active)
+		s.BalancerBytes[[2]string{svc, "in"}] = float64(st.BytesIn)
+		s.BalancerBytes[[2]string{svc, "out"}] = float64(st.BytesOut)
+		s.BalancerRate[svc] = st.Rate
+		s.BalancerFailed[svc] = float64(st.DialFailures)
+	}
+	return s
+}
