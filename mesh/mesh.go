@@ -201,6 +201,9 @@ func (m *Mesh) joinLoop(ctx context.Context) {
 				addrs = append(addrs, j)
 			}
 		}
+		if len(addrs) == 0 {
+			return // the first node of a fleet: the others join it
+		}
 		n, err := m.serf.Join(addrs, true)
 		if n > 0 {
 			m.log.Info("joined fleet", "contacted", n)

@@ -93,14 +93,21 @@ func newRuntime(t *testing.T, ns string) (*runtime.Runtime, func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { rt.Run(ctx); close(done) }()
-	stop := func() { cancel(); <-done; rt.Close() }
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-done; rt.Close() }) }
+	cleanDir := t.TempDir()
 	t.Cleanup(func() {
+		stop() // or it would restart what the cleanup removes
 		// Remove whatever the test left in its namespace.
-		rt2, err := runtime.New(context.Background(), runtime.Config{Socket: socket, Namespace: ns, DataDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-		if err == nil {
-			rt2.Drain(context.Background())
-			rt2.Close()
+		rt2, err := runtime.New(context.Background(), runtime.Config{Socket: socket, Namespace: ns, DataDir: cleanDir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			t.Errorf("cleanup: %v", err)
+			return
 		}
+		if err := rt2.Drain(context.Background()); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+		rt2.Close()
 	})
 	return rt, stop
 }

@@ -7,6 +7,9 @@
 //
 // GET /healthz answers 200 while healthy; POST /fail and POST /recover flip
 // it, so a test can make a running instance unhealthy.
+//
+// With no PORT (a cron job has no ports) it runs as a batch task: prints
+// its message and arguments, and exits with EXIT_CODE (default 0).
 package main
 
 import (
@@ -20,12 +23,14 @@ import (
 
 func main() {
 	port := os.Getenv("PORT")
-	if port == "" {
-		port = "8080"
-	}
 	msg := os.Getenv("MESSAGE")
 	if msg == "" {
 		msg = fmt.Sprintf("hello from %s/%s on %s", os.Getenv("SHOAL_SERVICE"), os.Getenv("SHOAL_SLOT"), os.Getenv("SHOAL_NODE"))
+	}
+	if port == "" {
+		fmt.Println(msg, os.Args[1:])
+		code, _ := strconv.Atoi(os.Getenv("EXIT_CODE"))
+		os.Exit(code)
 	}
 	var unhealthy atomic.Bool
 	unhealthy.Store(os.Getenv("HEALTH") == "fail")

@@ -1,0 +1,475 @@
+// Package devfleet runs a real Shoal fleet on one machine: one agent
+// process per network namespace, one private containerd shared through
+// per-node containerd namespaces, a registry holding the example images,
+// and a Git repository of specs. shoal dev and the fleet tests use it.
+package devfleet
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/namespaces"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/go-git/go-git/v5"
+	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/go-git/go-git/v5/plumbing/object"
+
+	"github.com/shoal-run/shoal"
+	"github.com/shoal-run/shoal/gitsync"
+	"github.com/shoal-run/shoal/internal/imagebuild"
+	"github.com/shoal-run/shoal/internal/netns"
+	"github.com/shoal-run/shoal/runtime"
+)
+
+// Config of a local fleet.
+type Config struct {
+	Nodes  int    // default 3
+	Prefix string // namespace prefix, default "shoal"
+	Subnet string // default 10.213.0.0/24
+	Binary string // the shoal binary agents run
+	Dir    string // working directory: repo, agent data, logs
+	// Seed is a spec tree copied into the new repository. Image references
+	// of the form registry.example.com/NAME:TAG are rewritten to the local
+	// registry, which serves the test app under every such name.
+	Seed fs.FS
+	// Labels returns node i's labels (0-based); default zone a/b/c and
+	// tier=backend on the first two.
+	Labels func(i int) map[string]string
+	// CPU and Memory allocatable per node; default 2 cores, 4Gi.
+	CPU    float64
+	Memory shoal.Bytes
+	// Poll interval of the agents; default 1s.
+	Poll time.Duration
+	// ExtraAgentArgs are added to every agent's command line.
+	ExtraAgentArgs []string
+	Logger         *slog.Logger
+}
+
+// Node is one agent of the fleet.
+type Node struct {
+	Name, Addr, API, DNS, Namespace string
+	NSPath                          string
+	dataDir, logPath                string
+	cmd                             *exec.Cmd
+	done                            chan struct{}
+}
+
+// Fleet is a running local fleet.
+type Fleet struct {
+	cfg      Config
+	log      *slog.Logger
+	net      *netns.Fleet
+	daemon   *runtime.Daemon
+	registry *imagebuild.Registry
+	repo     *git.Repository
+	image    v1.Image // the test app, pushed under every example name
+
+	RepoDir       string // the spec repository (a normal Git work tree)
+	Registry      string // host:port of the registry
+	Token         string // API token of every agent
+	WebhookSecret string
+	GossipKey     string
+
+	mu    sync.Mutex
+	nodes []*Node
+}
+
+// Start builds the fleet and starts every agent. On error everything made
+// so far is removed.
+func Start(ctx context.Context, cfg Config) (_ *Fleet, err error) {
+	if cfg.Nodes == 0 {
+		cfg.Nodes = 3
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "shoal"
+	}
+	if cfg.Subnet == "" {
+		cfg.Subnet = "10.213.0.0/24"
+	}
+	if cfg.CPU == 0 {
+		cfg.CPU = 2
+	}
+	if cfg.Memory == 0 {
+		cfg.Memory = 4 << 30
+	}
+	if cfg.Poll == 0 {
+		cfg.Poll = time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Labels == nil {
+		cfg.Labels = func(i int) map[string]string {
+			l := map[string]string{"zone": string(rune('a' + i%3))}
+			if i < 2 {
+				l["tier"] = "backend"
+			}
+			return l
+		}
+	}
+	f := &Fleet{cfg: cfg, log: cfg.Logger, Token: randomString(16), WebhookSecret: randomString(16)}
+	key := make([]byte, 32)
+	rand.Read(key)
+	f.GossipKey = base64.StdEncoding.EncodeToString(key)
+	defer func() {
+		if err != nil {
+			f.Close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, err
+	}
+
+	f.log.Info("creating network namespaces", "nodes", cfg.Nodes, "subnet", cfg.Subnet)
+	if f.net, err = netns.NewFleet(cfg.Prefix, cfg.Nodes, cfg.Subnet); err != nil {
+		return nil, err
+	}
+	f.log.Info("starting a private containerd")
+	if f.daemon, err = runtime.StartDaemon(ctx, filepath.Join("/tmp", cfg.Prefix+"-containerd"), f.log); err != nil {
+		return nil, err
+	}
+	f.log.Info("building the example image and starting a registry")
+	if f.registry, err = imagebuild.Serve(net.JoinHostPort(f.net.HostAddr(), "0")); err != nil {
+		return nil, err
+	}
+	f.Registry = f.registry.Host
+	bin, err := imagebuild.Build(imagebuild.TestAppDir())
+	if err != nil {
+		return nil, err
+	}
+	img, err := imagebuild.Image(bin)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.registry.Push("shoal/testapp:1", img); err != nil {
+		return nil, err
+	}
+
+	f.RepoDir = filepath.Join(cfg.Dir, "repo")
+	f.image = img
+	if err := f.initRepo(); err != nil {
+		return nil, err
+	}
+	for i, n := range f.net.Nodes() {
+		f.nodes = append(f.nodes, &Node{
+			Name: fmt.Sprintf("node-%d", i+1), Addr: n.Addr, NSPath: n.NSPath,
+			API: net.JoinHostPort(n.Addr, "7900"), DNS: net.JoinHostPort(n.Addr, "8600"),
+			Namespace: fmt.Sprintf("%s-node-%d", cfg.Prefix, i+1),
+			dataDir:   filepath.Join(cfg.Dir, fmt.Sprintf("node-%d", i+1)),
+			logPath:   filepath.Join(cfg.Dir, fmt.Sprintf("node-%d.log", i+1)),
+		})
+	}
+	for i := range f.nodes {
+		if err := f.StartAgent(i); err != nil {
+			return nil, err
+		}
+	}
+	return f, nil
+}
+
+func randomString(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// initRepo creates the spec repository with go-git, seeded from cfg.Seed
+// with example image names pointed at the local registry.
+func (f *Fleet) initRepo() error {
+	repo, err := git.PlainInit(f.RepoDir, false)
+	if err != nil {
+		return fmt.Errorf("init repo: %w", err)
+	}
+	if err := repo.Storer.SetReference(plumbingHeadMain()); err != nil {
+		return err
+	}
+	f.repo = repo
+	files := map[string]string{}
+	if f.cfg.Seed != nil {
+		err := fs.WalkDir(f.cfg.Seed, ".", func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			b, err := fs.ReadFile(f.cfg.Seed, p)
+			if err != nil {
+				return err
+			}
+			files[p] = f.rewriteImages(string(b))
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("seed: %w", err)
+		}
+	}
+	_, err = f.Commit("Seed the fleet", files)
+	return err
+}
+
+// rewriteImages points registry.example.com/NAME:TAG at the local
+// registry, pushing the test app under that name.
+func (f *Fleet) rewriteImages(text string) string {
+	const example = "registry.example.com/"
+	for {
+		i := strings.Index(text, example)
+		if i < 0 {
+			return text
+		}
+		end := i + len(example)
+		for end < len(text) && strings.IndexByte("\"' \n,]}", text[end]) < 0 {
+			end++
+		}
+		repoTag := text[i+len(example) : end]
+		if _, err := f.registry.Push(repoTag, f.image); err != nil {
+			f.log.Warn("push example image", "image", repoTag, "err", err)
+		}
+		text = text[:i] + f.Registry + "/" + repoTag + text[end:]
+	}
+}
+
+// Commit writes files (slash paths; empty content deletes) into the
+// repository and commits them. It returns the commit hash.
+func (f *Fleet) Commit(msg string, files map[string]string) (string, error) {
+	wt, err := f.repo.Worktree()
+	if err != nil {
+		return "", err
+	}
+	for p, content := range files {
+		full := filepath.Join(f.RepoDir, filepath.FromSlash(p))
+		if content == "" {
+			os.Remove(full)
+			wt.Remove(p)
+			continue
+		}
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(full, []byte(content), 0o644); err != nil {
+			return "", err
+		}
+		if _, err := wt.Add(p); err != nil {
+			return "", err
+		}
+	}
+	h, err := wt.Commit(msg, &git.CommitOptions{AllowEmptyCommits: true, Author: &object.Signature{Name: "Shoal Dev", Email: "dev@shoal.local", When: time.Now()}})
+	if err != nil {
+		return "", fmt.Errorf("commit: %w", err)
+	}
+	return h.String(), nil
+}
+
+// Nodes returns the fleet's nodes.
+func (f *Fleet) Nodes() []Node {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]Node, len(f.nodes))
+	for i, n := range f.nodes {
+		out[i] = *n
+	}
+	return out
+}
+
+// StartAgent starts node i's agent inside its namespace.
+func (f *Fleet) StartAgent(i int) error {
+	f.mu.Lock()
+	n := f.nodes[i]
+	f.mu.Unlock()
+	if err := os.MkdirAll(n.dataDir, 0o755); err != nil {
+		return err
+	}
+	labels := []string{}
+	for k, v := range f.cfg.Labels(i) {
+		labels = append(labels, k+"="+v)
+	}
+	args := []string{
+		"agent", "--repo", "file://" + f.RepoDir, "--poll", f.cfg.Poll.String(),
+		"--data-dir", n.dataDir, "--node-name", n.Name, "--labels", strings.Join(labels, ","),
+		"--cpu", strconv.FormatFloat(f.cfg.CPU, 'f', -1, 64), "--memory", f.cfg.Memory.String(),
+		"--bind", net.JoinHostPort(n.Addr, "7946"), "--advertise", n.Addr,
+		"--join", net.JoinHostPort(f.nodes[0].Addr, "7946"),
+		"--gossip-key", f.GossipKey, "--containerd", f.daemon.Socket, "--namespace", n.Namespace,
+		"--start-containerd=false", "--insecure-registry", f.Registry,
+		"--api", n.API, "--api-token", f.Token, "--dns", n.DNS, "--ingress", n.Addr,
+		"--webhook-secret", f.WebhookSecret, "--handoff-timeout", "10s",
+	}
+	args = append(args, f.cfg.ExtraAgentArgs...)
+	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := f.net.Command(i, f.cfg.Binary, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start agent %s: %w", n.Name, err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(done) }()
+	f.mu.Lock()
+	n.cmd, n.done = cmd, done
+	f.mu.Unlock()
+	f.log.Info("agent started", "node", n.Name, "addr", n.Addr, "pid", cmd.Process.Pid, "log", n.logPath)
+	return nil
+}
+
+// StopAgent stops node i's agent gracefully (SIGTERM): it leaves the
+// gossip and keeps its containers.
+func (f *Fleet) StopAgent(i int) { f.signal(i, syscall.SIGTERM) }
+
+// KillAgent kills node i's agent with SIGKILL, as a crash would.
+func (f *Fleet) KillAgent(i int) { f.signal(i, syscall.SIGKILL) }
+
+func (f *Fleet) signal(i int, sig syscall.Signal) {
+	f.mu.Lock()
+	n := f.nodes[i]
+	cmd, done := n.cmd, n.done
+	f.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	// ip netns exec runs the agent as its own child: signal the group.
+	syscall.Kill(-cmd.Process.Pid, sig)
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
+	f.mu.Lock()
+	n.cmd = nil
+	f.mu.Unlock()
+}
+
+// KillContainers kills every container task of node i (SIGKILL), as a
+// machine losing power would.
+func (f *Fleet) KillContainers(ctx context.Context, i int) error {
+	return f.eachTask(ctx, f.nodes[i].Namespace, func(ctx context.Context, c containerd.Container, t containerd.Task) error {
+		return t.Kill(ctx, syscall.SIGKILL)
+	})
+}
+
+// RemoveContainers stops and deletes every container of node i.
+func (f *Fleet) RemoveContainers(ctx context.Context, i int) error {
+	client, err := containerd.New(f.daemon.Socket)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	ctx = namespaces.WithNamespace(ctx, f.nodes[i].Namespace)
+	cs, err := client.Containers(ctx)
+	if err != nil {
+		return err
+	}
+	for _, c := range cs {
+		if t, err := c.Task(ctx, nil); err == nil {
+			t.Delete(ctx, containerd.WithProcessKill)
+		}
+		c.Delete(ctx, containerd.WithSnapshotCleanup)
+	}
+	return nil
+}
+
+func (f *Fleet) eachTask(ctx context.Context, ns string, fn func(context.Context, containerd.Container, containerd.Task) error) error {
+	client, err := containerd.New(f.daemon.Socket)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	ctx = namespaces.WithNamespace(ctx, ns)
+	cs, err := client.Containers(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, c := range cs {
+		if t, err := c.Task(ctx, nil); err == nil {
+			errs = append(errs, fn(ctx, c, t))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Cut and Heal partition node i from the others and back.
+func (f *Fleet) Cut(i int) error  { return f.net.Cut(i) }
+func (f *Fleet) Heal(i int) error { return f.net.Heal(i) }
+
+// Webhook tells node i's agent about a push of commit, as a Git host would.
+func (f *Fleet) Webhook(i int, commit string) error {
+	body := []byte(fmt.Sprintf(`{"ref":"refs/heads/main","after":%q}`, commit))
+	req, err := http.NewRequest(http.MethodPost, "http://"+f.nodes[i].API+"/v1/webhook", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-GitHub-Event", "push")
+	req.Header.Set("X-Hub-Signature-256", gitsync.SignWebhook(f.WebhookSecret, body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("webhook: %s", resp.Status)
+	}
+	return nil
+}
+
+// Close stops every agent, removes their containers, stops containerd and
+// the registry, and removes the namespaces. The working directory stays.
+func (f *Fleet) Close() error {
+	var errs []error
+	// All at once: one by one, each departure would make the others start
+	// its slots just before they stop too.
+	var wg sync.WaitGroup
+	for i := range f.nodes {
+		wg.Add(1)
+		go func() { defer wg.Done(); f.StopAgent(i) }()
+	}
+	wg.Wait()
+	if f.daemon != nil {
+		for i := range f.nodes {
+			if err := f.RemoveContainers(context.Background(), i); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		f.daemon.Stop()
+		dir := filepath.Join("/tmp", f.cfg.Prefix+"-containerd")
+		exec.Command("umount", "-R", dir).Run()
+		os.RemoveAll(dir)
+	}
+	if f.registry != nil {
+		f.registry.Close()
+	}
+	if f.net != nil {
+		if err := f.net.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// LogPath is node i's agent log.
+func (f *Fleet) LogPath(i int) string { return f.nodes[i].logPath }
+
+func plumbingHeadMain() *plumbing.Reference {
+	return plumbing.NewSymbolicReference(plumbing.HEAD, plumbing.NewBranchReferenceName("main"))
+}

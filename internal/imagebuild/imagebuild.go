@@ -1,0 +1,115 @@
+// Package imagebuild makes the small images the demo fleet and the tests
+// run: a static Go program in one OCI layer, pushed to a registry served in
+// process. No registry outside this machine is needed.
+package imagebuild
+
+import (
+	"archive/tar"
+	"bytes"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// Build compiles the Go main package in srcDir into a static binary.
+func Build(srcDir string) ([]byte, error) {
+	out, err := os.CreateTemp("", "shoal-image-*")
+	if err != nil {
+		return nil, err
+	}
+	out.Close()
+	defer os.Remove(out.Name())
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out.Name(), ".")
+	cmd.Dir = srcDir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if o, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("build %s: %v\n%s", srcDir, err, o)
+	}
+	return os.ReadFile(out.Name())
+}
+
+// Image makes a one-layer image holding bin at /app, run as /app.
+func Image(bin []byte) (v1.Image, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Name: "app", Mode: 0o755, Size: int64(len(bin)), Typeflag: tar.TypeReg}); err != nil {
+		return nil, err
+	}
+	if _, err := tw.Write(bin); err != nil {
+		return nil, err
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	data := buf.Bytes()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+	if err != nil {
+		return nil, err
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cfg = cfg.DeepCopy()
+	cfg.Architecture, cfg.OS = runtime.GOARCH, "linux"
+	cfg.Config.Entrypoint = []string{"/app"}
+	return mutate.ConfigFile(img, cfg)
+}
+
+// Registry is an OCI registry served by this process over plain HTTP.
+type Registry struct {
+	Host string // host:port
+	srv  *http.Server
+}
+
+// Serve starts a registry on addr (host:port, port 0 for any).
+func Serve(addr string) (*Registry, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	srv := &http.Server{Handler: registry.New(registry.Logger(log.New(io.Discard, "", 0)))}
+	go srv.Serve(ln)
+	return &Registry{Host: ln.Addr().String(), srv: srv}, nil
+}
+
+// Close stops the registry.
+func (r *Registry) Close() error { return r.srv.Close() }
+
+// Push stores img as host/repoTag and returns the full reference.
+func (r *Registry) Push(repoTag string, img v1.Image) (string, error) {
+	ref := r.Host + "/" + repoTag
+	tag, err := name.NewTag(ref, name.Insecure)
+	if err != nil {
+		return "", err
+	}
+	if err := remote.Write(tag, img); err != nil {
+		return "", fmt.Errorf("push %s: %w", ref, err)
+	}
+	return ref, nil
+}
+
+// TestAppDir is examples/images/testapp in this source tree, found from
+// this file's path (the demo and the tests run from a checkout).
+func TestAppDir() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", "examples", "images", "testapp")
+}
