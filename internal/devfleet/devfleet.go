@@ -27,10 +27,10 @@ import (
 
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/namespaces"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/plumbing"
 	"github.com/go-git/go-git/v5/plumbing/object"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/shoal-run/shoal"
 	"github.com/shoal-run/shoal/gitsync"

@@ -115,10 +115,14 @@ func (f *Fleet) Nodes() []Node { return append([]Node(nil), f.nodes...) }
 func (f *Fleet) HostAddr() string { return f.host }
 
 // Cut takes node i's (0-based) link to the bridge down: a partition.
-func (f *Fleet) Cut(i int) error { return ip("-n", f.prefix+"-br", "link", "set", f.nodes[i].link, "down") }
+func (f *Fleet) Cut(i int) error {
+	return ip("-n", f.prefix+"-br", "link", "set", f.nodes[i].link, "down")
+}
 
 // Heal brings node i's link back up.
-func (f *Fleet) Heal(i int) error { return ip("-n", f.prefix+"-br", "link", "set", f.nodes[i].link, "up") }
+func (f *Fleet) Heal(i int) error {
+	return ip("-n", f.prefix+"-br", "link", "set", f.nodes[i].link, "up")
+}
 
 // Command runs a program inside node i's namespace.
 func (f *Fleet) Command(i int, name string, args ...string) *exec.Cmd {
