@@ -15,10 +15,12 @@ build:
 deps:
 	./scripts/install-deps
 
-# test runs every test with the race detector, containerd ones included.
+# test runs every test with the race detector, containerd ones included,
+# then the five-node fleet suite, verbose so its figures are printed.
 test: deps
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 15m $$($(GO) list ./... | grep -v /e2e)
+	$(GO) test -race -count=1 -timeout 10m -v ./e2e
 
 lint:
 	@out=$$(gofmt -l . 2>&1); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -233,8 +233,8 @@ func (b *Balancer) forward(r Route, client net.Conn) {
 	cands := b.candidates(r)
 	var backend net.Conn
 	var addr string
-	// A failed connect tries another instance, up to three.
-	for attempt := 0; attempt < 3 && len(cands) > 0; attempt++ {
+	// A failed connect tries another instance, up to five.
+	for attempt := 0; attempt < 5 && len(cands) > 0; attempt++ {
 		i := b.pick(cands)
 		addr = backendAddr(cands[i])
 		c, err := net.DialTimeout("tcp", addr, b.cfg.DialTimeout)

@@ -42,7 +42,11 @@ type Config struct {
 	// stop in about 0.7 s.
 	ProbeInterval, ProbeTimeout, GossipInterval time.Duration
 	SuspicionMult                               int
-	Logger                                      *slog.Logger
+	// RestartGrace is how long peers keep the records and the place of a
+	// node that stopped to restart (Pause) before treating it as failed.
+	// Default 15s.
+	RestartGrace time.Duration
+	Logger       *slog.Logger
 	// OnAnnounce receives each commit hash a peer announces, once.
 	OnAnnounce func(commit string)
 }
@@ -72,7 +76,8 @@ type Mesh struct {
 	digest    string
 	peers     map[string]peerRecords // node → its records
 	announced map[string]bool
-	suppress  bool // tests: do not broadcast record events
+	suppress  bool                 // tests: do not broadcast record events
+	paused    map[string]time.Time // failed members that said they restart → when
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -103,10 +108,13 @@ func New(cfg Config) (*Mesh, error) {
 	if cfg.SuspicionMult == 0 {
 		cfg.SuspicionMult = 2
 	}
+	if cfg.RestartGrace == 0 {
+		cfg.RestartGrace = 15 * time.Second
+	}
 	m := &Mesh{
 		cfg: cfg, log: cfg.Logger,
 		events: make(chan serf.Event, 1024), changes: make(chan struct{}, 1), pullNow: make(chan struct{}, 1),
-		peers: map[string]peerRecords{}, announced: map[string]bool{}, closed: make(chan struct{}),
+		peers: map[string]peerRecords{}, announced: map[string]bool{}, paused: map[string]time.Time{}, closed: make(chan struct{}),
 	}
 	m.digest = digestOf(nil)
 	m.tags = encodeTags(nodeTags{CPU: cfg.CPU, Memory: cfg.Memory, Labels: cfg.Labels, APIPort: cfg.APIPort, Digest: m.digest})
@@ -179,13 +187,13 @@ func (m *Mesh) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			m.Close()
-			return nil
+			return nil // the owner chooses Close (leave) or Pause (restart)
 		case <-m.closed:
 			return nil
 		case ev := <-m.events:
 			m.handle(ev)
 		}
+		m.expireGrace()
 	}
 }
 
@@ -223,13 +231,20 @@ func (m *Mesh) handle(ev serf.Event) {
 	switch e := ev.(type) {
 	case serf.MemberEvent:
 		for _, mb := range e.Members {
-			switch e.Type {
-			case serf.EventMemberFailed, serf.EventMemberLeave, serf.EventMemberReap:
+			m.mu.Lock()
+			switch {
+			case e.Type == serf.EventMemberFailed && mb.Tags["p"] == "1":
+				// It said it is restarting with its containers kept: keep
+				// its records and its place for the grace period.
+				m.paused[mb.Name] = time.Now()
+			case e.Type == serf.EventMemberFailed, e.Type == serf.EventMemberLeave, e.Type == serf.EventMemberReap:
 				// A failed or departed member's records go at once.
-				m.mu.Lock()
 				delete(m.peers, mb.Name)
-				m.mu.Unlock()
+				delete(m.paused, mb.Name)
+			case e.Type == serf.EventMemberJoin:
+				delete(m.paused, mb.Name)
 			}
+			m.mu.Unlock()
 		}
 		m.kickPull()
 		m.notify()
@@ -262,10 +277,14 @@ func (m *Mesh) Members() []Member {
 	var out []Member
 	for _, mb := range m.serf.Members() {
 		t := decodeTags(mb.Tags)
+		status := mb.Status.String()
+		if mb.Status == serf.StatusFailed && m.inGrace(mb.Name) {
+			status = "restarting" // counted as alive: its containers still run
+		}
 		out = append(out, Member{
 			Node:     shoal.Node{Name: mb.Name, CPU: t.CPU, Memory: t.Memory, Labels: t.Labels},
 			Addr:     mb.Addr.String(),
-			Status:   mb.Status.String(),
+			Status:   status,
 			Revision: t.Revision,
 			APIPort:  t.APIPort,
 		})
@@ -278,11 +297,59 @@ func (m *Mesh) Members() []Member {
 func (m *Mesh) Nodes() []shoal.Node {
 	var out []shoal.Node
 	for _, mb := range m.Members() {
-		if mb.Status == "alive" {
+		if mb.Status == "alive" || mb.Status == "restarting" {
 			out = append(out, mb.Node)
 		}
 	}
 	return out
+}
+
+// inGrace reports whether a failed member is a restart still within the
+// grace period.
+func (m *Mesh) inGrace(name string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	since, ok := m.paused[name]
+	return ok && time.Since(since) < m.cfg.RestartGrace
+}
+
+// expireGrace drops members whose restart took longer than the grace.
+func (m *Mesh) expireGrace() {
+	m.mu.Lock()
+	var expired bool
+	for name, since := range m.paused {
+		if time.Since(since) >= m.cfg.RestartGrace {
+			delete(m.paused, name)
+			delete(m.peers, name)
+			expired = true
+		}
+	}
+	m.mu.Unlock()
+	if expired {
+		m.notify()
+	}
+}
+
+// Pause stops gossip for a restart that keeps this node's containers:
+// peers are told first (a tag), then the agent goes quiet without leaving,
+// so they keep its records and its slots for RestartGrace instead of
+// moving them. A crash gives no such notice: its slots move at once.
+func (m *Mesh) Pause() error {
+	var err error
+	m.closeOnce.Do(func() {
+		close(m.closed)
+		m.mu.Lock()
+		t := decodeTags(m.tags)
+		m.mu.Unlock()
+		tags := encodeTags(t)
+		tags["p"] = "1"
+		if terr := m.serf.SetTags(tags); terr == nil {
+			// Let the tag reach the fleet: a few gossip rounds.
+			time.Sleep(10 * m.cfg.GossipInterval)
+		}
+		err = m.serf.Shutdown()
+	})
+	return err
 }
 
 // SetRevision puts the Git commit this node runs in its tags.

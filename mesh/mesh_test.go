@@ -43,6 +43,7 @@ type node struct {
 func (n *node) stop() {
 	n.cancel()
 	<-n.done
+	n.m.Close()
 }
 
 func startNode(t *testing.T, name string, key []byte, join ...string) *node {
@@ -229,4 +230,32 @@ func FuzzDecodeTags(f *testing.F) {
 			t.Fatalf("bad tags accepted: %+v", tg)
 		}
 	})
+}
+
+// TestPauseKeepsRecords: a node that pauses to restart keeps its records
+// and its place in Nodes on its peers for the grace period; then they go.
+func TestPauseKeepsRecords(t *testing.T) {
+	a := startNode(t, "a", nil)
+	b := startNode(t, "b", nil, a.m.LocalAddr())
+	waitFor(t, 5*time.Second, "joined", func() bool { return alive(a) == 2 })
+	b.m.SetLocalRecords([]shoal.Record{{Service: "web", Slot: 0, Addr: "127.0.0.1", PortName: "http", Port: 20000, Healthy: true}})
+	waitFor(t, 5*time.Second, "record", func() bool { return recordsOf(a, "b") == 1 })
+	a.m.cfg.RestartGrace = 3 * time.Second
+	b.cancel()
+	<-b.done
+	if err := b.m.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "b seen as restarting", func() bool {
+		for _, mb := range a.m.Members() {
+			if mb.Node.Name == "b" {
+				return mb.Status == "restarting"
+			}
+		}
+		return false
+	})
+	if recordsOf(a, "b") != 1 || len(a.m.Nodes()) != 2 {
+		t.Fatalf("restarting node lost its records or place: %d records, %d nodes", recordsOf(a, "b"), len(a.m.Nodes()))
+	}
+	waitFor(t, 10*time.Second, "grace over", func() bool { return recordsOf(a, "b") == 0 && len(a.m.Nodes()) == 1 })
 }

@@ -306,6 +306,7 @@ func (m *Mesh) antiEntropy(ctx context.Context) {
 		case <-tick.C:
 		case <-m.pullNow:
 		}
+		m.expireGrace()
 		for _, mb := range m.serf.Members() {
 			if mb.Name == m.cfg.NodeName || mb.Status != serf.StatusAlive {
 				continue

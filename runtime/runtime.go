@@ -227,13 +227,32 @@ func (r *Runtime) Run(ctx context.Context) error {
 		if err := r.Step(r.ctx(ctx)); err != nil && ctx.Err() == nil {
 			r.log.Warn("reconcile", "err", err)
 		}
+		// While an instance is starting, check again soon: its first
+		// passing health check is what puts it in service.
+		var soon <-chan time.Time
+		if r.starting() {
+			soon = time.After(100 * time.Millisecond)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-r.wake:
 		case <-tick.C:
+		case <-soon:
 		}
 	}
+}
+
+// starting reports whether some instance waits for its first health check.
+func (r *Runtime) starting() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, in := range r.instances {
+		if in.State == shoal.StateStarting && in.ContainerID != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // Step runs one observe → health → reconcile → act round.
@@ -495,6 +514,17 @@ func (r *Runtime) restart(ctx context.Context, ct *container, o Observed) error 
 	why := fmt.Sprintf("exit code %d", o.ExitCode)
 	if o.Unhealthy {
 		why = "unhealthy"
+	}
+	// A container made by an earlier agent process joins that process's
+	// network namespace by /proc path, gone once it exited: recreate it in
+	// this agent's namespace.
+	if spec, err := ct.c.Spec(ctx); err == nil && spec.Linux != nil {
+		for _, ns := range spec.Linux.Namespaces {
+			if ns.Type == specs.NetworkNamespace && ns.Path != r.cfg.NetNS {
+				r.log.Info("recreating: made by an earlier agent process", "slot", o.Slot.String(), "container", o.ID)
+				return r.remove(ctx, ct)
+			}
+		}
 	}
 	// Another process may have taken a port between allocation and bind
 	// (the container then exits with "address in use" each time): start

@@ -46,6 +46,8 @@ type agent struct {
 	rev       *shoal.Revision
 	plan      *placement.Placement
 	held      map[shoal.Slot]time.Time // make-before-break: moved slots still running here
+	draining  map[shoal.Slot]time.Time // leaving this node: records withdrawn, stopping soon
+	lastWant  map[shoal.Slot]runtime.Desired
 	jobs      jobState
 	announced string
 	m         counters
@@ -115,7 +117,7 @@ func (a *agent) step(now time.Time) {
 	a.mu.Unlock()
 
 	instances := a.rt.Instances()
-	a.mesh.SetLocalRecords(shoal.RecordsFor(a.cfg.NodeName, a.addr, instances))
+	a.mesh.SetLocalRecords(a.publishable(instances))
 	if rev == nil {
 		return // nothing verified yet: run nothing new, touch nothing
 	}
@@ -152,16 +154,67 @@ func (a *agent) step(now time.Time) {
 	a.m.planTime += planTime
 	a.mu.Unlock()
 
+	// Deregister before stopping: a slot leaving this node first drops out
+	// of its records, and stops only after drainDelay, by when every
+	// balancer has stopped sending it new connections.
+	kept := map[shoal.Slot]bool{}
+	for _, s := range keep {
+		kept[s] = true
+	}
+	a.mu.Lock()
+	draining := map[shoal.Slot]time.Time{}
+	for _, in := range instances {
+		if kept[in.Slot] || in.State == shoal.StateExited {
+			continue
+		}
+		since, ok := a.draining[in.Slot]
+		if !ok {
+			since = now
+		}
+		if now.Sub(since) < drainDelay {
+			draining[in.Slot] = since
+			keep = append(keep, in.Slot)
+		}
+	}
+	a.draining = draining
+	a.mu.Unlock()
 	var want []runtime.Desired
 	for _, s := range keep {
 		if svc := rev.Spec.Service(s.Service); svc != nil {
 			want = append(want, runtime.Desired{Slot: s, Service: *svc})
+		} else if d, ok := a.lastWant[s]; ok {
+			want = append(want, d) // a removed service drains too
 		}
 	}
+	a.mu.Lock()
+	a.lastWant = map[shoal.Slot]runtime.Desired{}
+	for _, d := range want {
+		a.lastWant[d.Slot] = d
+	}
+	a.mu.Unlock()
+	a.mesh.SetLocalRecords(a.publishable(instances))
 	want = append(want, jobRuns...)
 	a.rt.SetDesired(rev.Commit, want)
 	a.lb.SetRoutes(routesOf(rev.Spec))
 	a.mesh.SetRevision(rev.Commit)
+}
+
+// drainDelay is how long a slot leaving this node stays up after its
+// records are withdrawn: gossip reaches the fleet in well under a second.
+const drainDelay = time.Second
+
+// publishable are the records of the local instances that are not
+// draining.
+func (a *agent) publishable(instances []shoal.Instance) []shoal.Record {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var live []shoal.Instance
+	for _, in := range instances {
+		if _, d := a.draining[in.Slot]; !d {
+			live = append(live, in)
+		}
+	}
+	return shoal.RecordsFor(a.cfg.NodeName, a.addr, live)
 }
 
 // Status implements agentView.

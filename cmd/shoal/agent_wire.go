@@ -55,7 +55,14 @@ func (a *agent) build(ctx context.Context) error {
 	}
 	a.mesh = m
 	a.parts.runs = append(a.parts.runs, m.Run)
-	a.parts.closers = append(a.parts.closers, m.Close)
+	a.parts.closers = append(a.parts.closers, func() error {
+		if cfg.DrainOnExit {
+			return m.Close() // leaving for good: peers move its slots now
+		}
+		// A restart keeps the containers: peers keep its records and
+		// slots for a grace period instead of moving them.
+		return m.Pause()
+	})
 
 	ingress := cfg.Ingress
 	if ip := net.ParseIP(ingress); ip == nil || ip.IsUnspecified() {

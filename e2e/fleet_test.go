@@ -1,0 +1,487 @@
+// Package e2e runs a real five-node Shoal fleet — agent processes in their
+// own network namespaces, one containerd, a registry, a Git repository —
+// and checks what users rely on with real traffic: deploy by push, scaling,
+// node loss, bad commits and agent restarts. It prints the figures users
+// compare orchestrators by.
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/shoal-run/shoal"
+	"github.com/shoal-run/shoal/internal/devfleet"
+	"github.com/shoal-run/shoal/placement"
+)
+
+const nodes = 5
+
+type harness struct {
+	t     *testing.T
+	f     *devfleet.Fleet
+	nodes []devfleet.Node
+	image string
+	files map[string]string // the spec tree at the last commit
+	http  *http.Client
+}
+
+func buildShoal(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "shoal")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/shoal-run/shoal/cmd/shoal")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build shoal: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func start(t *testing.T) *harness {
+	t.Helper()
+	dir := t.TempDir()
+	f, err := devfleet.Start(context.Background(), devfleet.Config{
+		Nodes: nodes, Prefix: "she2e", Subnet: "10.213.9.0/24", Binary: buildShoal(t), Dir: dir,
+		// A slow poll: pushes must arrive by webhook and announcement.
+		Poll:   10 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i := range f.Nodes() {
+				if b, err := os.ReadFile(f.LogPath(i)); err == nil {
+					lines := strings.Split(string(b), "\n")
+					t.Logf("--- %s (last lines) ---\n%s", f.Nodes()[i].Name, strings.Join(lines[max(0, len(lines)-25):], "\n"))
+				}
+			}
+		}
+		if err := f.Close(); err != nil {
+			t.Errorf("teardown: %v", err)
+		}
+	})
+	h := &harness{t: t, f: f, nodes: f.Nodes(), image: f.Registry + "/shoal/testapp:1", files: map[string]string{},
+		http: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 3 * time.Second}}
+	h.waitFor(30*time.Second, "5 alive members", func() bool { return len(h.alive(0)) == nodes })
+	return h
+}
+
+func (h *harness) api(i int, path string, out any) error {
+	req, _ := http.NewRequest(http.MethodGet, "http://"+h.nodes[i].API+path, nil)
+	req.Header.Set("Authorization", "Bearer "+h.f.Token)
+	resp, err := h.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("%s: %s", path, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+type member struct {
+	Name   string            `json:"name"`
+	Status string            `json:"status"`
+	CPU    float64           `json:"cpu"`
+	Memory shoal.Bytes       `json:"memory"`
+	Labels map[string]string `json:"labels"`
+}
+
+func (h *harness) alive(i int) []shoal.Node {
+	var ms []member
+	if h.api(i, "/v1/members", &ms) != nil {
+		return nil
+	}
+	var out []shoal.Node
+	for _, m := range ms {
+		if m.Status == "alive" {
+			out = append(out, shoal.Node{Name: m.Name, CPU: m.CPU, Memory: m.Memory, Labels: m.Labels})
+		}
+	}
+	return out
+}
+
+func (h *harness) records(i int) []shoal.Record {
+	var rs []shoal.Record
+	h.api(i, "/v1/records", &rs)
+	return rs
+}
+
+func (h *harness) waitFor(d time.Duration, what string, cond func() bool) time.Duration {
+	h.t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > d {
+			h.t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// push commits changed files and tells node 1 by webhook, as a Git host
+// would; node 1 announces the commit to the others.
+func (h *harness) push(msg string, changes map[string]string) string {
+	h.t.Helper()
+	for k, v := range changes {
+		h.files[k] = v
+	}
+	commit, err := h.f.Commit(msg, changes)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := h.f.Webhook(0, commit); err != nil {
+		h.t.Fatal(err)
+	}
+	return commit
+}
+
+func (h *harness) spec() *shoal.Spec {
+	h.t.Helper()
+	fsys := fstest.MapFS{}
+	for k, v := range h.files {
+		fsys[k] = &fstest.MapFile{Data: []byte(v)}
+	}
+	s, err := shoal.LoadSpec(fsys, ".")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return s
+}
+
+// converged reports whether, as node i sees the fleet, every slot of the
+// plan for the alive members is healthy on exactly its planned node, with
+// no other copy anywhere; and the slots of the changed services (all when
+// none are named) run revision commit.
+func (h *harness) converged(i int, commit string, changed ...string) bool {
+	isChanged := func(svc string) bool {
+		if len(changed) == 0 {
+			return true
+		}
+		for _, c := range changed {
+			if c == svc {
+				return true
+			}
+		}
+		return false
+	}
+	plan := placement.Plan(h.spec(), h.alive(i))
+	want := map[string]string{}
+	for _, a := range plan.Assignments {
+		want[shoal.Slot{Service: a.Service, Index: a.Slot}.String()] = a.Node
+	}
+	got := map[string]string{}
+	for _, r := range h.records(i) {
+		key := shoal.Slot{Service: r.Service, Index: r.Slot}.String()
+		if !r.Healthy || (commit != "" && isChanged(r.Service) && !strings.HasPrefix(commit, r.Revision)) {
+			return false
+		}
+		if prev, dup := got[key]; dup && prev != r.Node {
+			return false
+		}
+		got[key] = r.Node
+	}
+	if len(got) != len(want) {
+		return false
+	}
+	for k, n := range want {
+		if got[k] != n {
+			return false
+		}
+	}
+	return len(plan.Unplaced) == 0
+}
+
+func service(name string, replicas, port int, image, message string) string {
+	env := ""
+	if message != "" {
+		env = fmt.Sprintf("env: {MESSAGE: %q}\n", message)
+	}
+	return fmt.Sprintf("name: %s\nimage: %s\nreplicas: %d\nresources: {cpu: 0.1, memory: 32Mi}\nports:\n  - {name: http, port: %d, protocol: http}\nhealth: {http: /healthz, interval: 250ms, timeout: 250ms, healthy_threshold: 1, unhealthy_threshold: 2}\nupdate: {max_surge: 1}\n%s", name, image, replicas, port, env)
+}
+
+func (h *harness) get(node, port int) (string, error) {
+	resp, err := h.http.Get(fmt.Sprintf("http://%s:%d/", h.nodes[node].Addr, port))
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return "", fmt.Errorf("status %s", resp.Status)
+	}
+	return strings.TrimSpace(string(b)), err
+}
+
+// load sends requests through node i's balancer until stopped, counting
+// failures.
+type load struct {
+	ok, failed atomic.Int64
+	stop       chan struct{}
+	wg         sync.WaitGroup
+}
+
+func (h *harness) startLoad(node, port int) *load {
+	l := &load{stop: make(chan struct{})}
+	for w := 0; w < 2; w++ {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				if _, err := h.get(node, port); err != nil {
+					l.failed.Add(1)
+				} else {
+					l.ok.Add(1)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) end() (ok, failed int64) {
+	close(l.stop)
+	l.wg.Wait()
+	return l.ok.Load(), l.failed.Load()
+}
+
+func percentile(ds []time.Duration, p float64) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+func TestFleet(t *testing.T) {
+	h := start(t)
+	var figures []string
+	report := func(format string, args ...any) {
+		line := fmt.Sprintf(format, args...)
+		figures = append(figures, line)
+		t.Log(line)
+	}
+	defer func() {
+		fmt.Println("\nFLEET FIGURES (5 nodes, one machine)")
+		for _, f := range figures {
+			fmt.Println("  " + f)
+		}
+	}()
+
+	// 1. Deploy by push: three services land exactly where the plan says,
+	// and answer through every node's balancer and DNS.
+	t.Run("deploy", func(t *testing.T) {
+		h.t = t
+		var firstFailures atomic.Int64
+		commit := h.push("three services", map[string]string{
+			"web.yaml":  service("web", 3, 8080, h.image, ""),
+			"api.yaml":  service("api", 2, 9090, h.image, ""),
+			"echo.yaml": service("echo", 1, 7070, h.image, ""),
+		})
+		took := h.waitFor(60*time.Second, "the plan to be running", func() bool { return h.converged(0, commit) })
+		report("first deploy (3 services, 6 slots, cold image pulls): %v", took.Round(time.Millisecond))
+		defer func() {
+			report("deploy: requests through every node's balancer right after convergence: %d failed", firstFailures.Load())
+		}()
+		for i := range h.nodes {
+			// Every node's own view reaches the same plan (records gossip).
+			h.waitFor(10*time.Second, fmt.Sprintf("node %d to see the plan", i+1), func() bool { return h.converged(i, commit) })
+			for _, svc := range []struct {
+				name string
+				port int
+			}{{"web", 8080}, {"api", 9090}, {"echo", 7070}} {
+				h.waitFor(5*time.Second, fmt.Sprintf("%s through node %d", svc.name, i+1), func() bool {
+					body, err := h.get(i, svc.port)
+					if err != nil {
+						firstFailures.Add(1)
+						t.Logf("%s through node %d: %v (retrying)", svc.name, i+1, err)
+					}
+					return err == nil && strings.HasPrefix(body, "hello from "+svc.name+"/")
+				})
+			}
+			m := new(dns.Msg)
+			m.SetQuestion("web.service.shoal.", dns.TypeA)
+			in, _, err := new(dns.Client).Exchange(m, h.nodes[i].DNS)
+			if err != nil || len(in.Answer) != 3 {
+				t.Errorf("DNS on node %d: %v %v", i+1, err, in)
+			}
+		}
+	})
+
+	// 2. Push → serving, over 10 pushes that change web.
+	t.Run("push-to-serving", func(t *testing.T) {
+		h.t = t
+		var lat []time.Duration
+		for p := 0; p < 10; p++ {
+			msg := fmt.Sprintf("v%d", p)
+			t0 := time.Now()
+			commit := h.push("web "+msg, map[string]string{"web.yaml": service("web", 3, 8080, h.image, msg)})
+			h.waitFor(30*time.Second, "web "+msg+" serving", func() bool {
+				if !h.converged(0, commit, "web") {
+					return false
+				}
+				body, err := h.get(0, 8080)
+				return err == nil && body == msg
+			})
+			lat = append(lat, time.Since(t0))
+		}
+		report("push → all replicas serving (webhook to one node, announce to the rest; 3 replicas replaced): p50 %v, p99 %v over %d pushes",
+			percentile(lat, 0.5).Round(time.Millisecond), percentile(lat, 0.99).Round(time.Millisecond), len(lat))
+	})
+
+	// 3. Scale 2 → 5 → 1 by commit, under load through node 1.
+	t.Run("scale", func(t *testing.T) {
+		h.t = t
+		for _, n := range []int{2, 5, 1} {
+			var l *load
+			if n == 1 {
+				l = h.startLoad(0, 9090)
+			}
+			commit := h.push(fmt.Sprintf("api x%d", n), map[string]string{"api.yaml": service("api", n, 9090, h.image, "")})
+			_ = commit
+			took := h.waitFor(30*time.Second, fmt.Sprintf("api x%d", n), func() bool {
+				return h.converged(0, "") && len(h.spec().Service("api").Name) > 0 && countHealthy(h.records(0), "api") == n
+			})
+			if l != nil {
+				time.Sleep(500 * time.Millisecond) // keep the load on past the scale-down
+				ok, failed := l.end()
+				report("scale api 5 → 1 under load: %d requests ok, %d failed", ok, failed)
+				if failed > 4 {
+					t.Errorf("%d requests failed during scale-down (more than in flight)", failed)
+				}
+			}
+			report("scale api to %d: converged in %v", n, took.Round(time.Millisecond))
+		}
+	})
+
+	// 4. Node loss: kill an agent and its containers; its slots start
+	// elsewhere. Steady load through node 1's balancer meanwhile.
+	t.Run("node-loss", func(t *testing.T) {
+		h.t = t
+		var lat []time.Duration
+		l := h.startLoad(0, 8080)
+		for k := 0; k < 5; k++ {
+			victim := 1 + k%(nodes-1)
+			h.f.KillAgent(victim)
+			h.f.KillContainers(context.Background(), victim)
+			t0 := time.Now()
+			h.waitFor(30*time.Second, "slots moved off the dead node", func() bool {
+				return len(h.alive(0)) == nodes-1 && h.converged(0, "")
+			})
+			lat = append(lat, time.Since(t0))
+			if err := h.f.StartAgent(victim); err != nil {
+				t.Fatal(err)
+			}
+			h.waitFor(60*time.Second, "the node back and the plan running", func() bool {
+				return len(h.alive(0)) == nodes && h.converged(0, "")
+			})
+		}
+		ok, failed := l.end()
+		report("node loss (kill -9 agent + containers) → its slots serving elsewhere: p50 %v, max %v over %d kills",
+			percentile(lat, 0.5).Round(time.Millisecond), percentile(lat, 1).Round(time.Millisecond), len(lat))
+		report("steady load through another node during 5 kills and rejoins: %d ok, %d failed", ok, failed)
+	})
+
+	// 5. A broken commit changes nothing, and every node says why.
+	t.Run("bad-commit", func(t *testing.T) {
+		h.t = t
+		var before nodeStatus
+		h.api(0, "/v1/status", &before)
+		bad, err := h.f.Commit("broken", map[string]string{"web.yaml": "name: web\nimage: x\nreplicas: lots\n"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.f.Webhook(0, bad)
+		for i := range h.nodes {
+			h.waitFor(20*time.Second, fmt.Sprintf("node %d to report the error", i+1), func() bool {
+				var st nodeStatus
+				h.api(i, "/v1/status", &st)
+				return strings.Contains(st.Sync.LastError, "web.yaml:3") && st.Revision == before.Revision
+			})
+		}
+		if !h.converged(0, "") {
+			t.Error("the fleet changed after a broken commit")
+		}
+		// Put the good spec back for what follows; nothing needs to change.
+		fix := h.push("fix", map[string]string{"web.yaml": h.files["web.yaml"]})
+		h.waitFor(30*time.Second, "fixed", func() bool {
+			var st nodeStatus
+			return h.api(0, "/v1/status", &st) == nil && st.Revision == fix && h.converged(0, "")
+		})
+	})
+
+	// 6. Restart every agent in turn: no container restarts.
+	t.Run("agent-restart", func(t *testing.T) {
+		h.t = t
+		var okAll, failedAll int64
+		for i := range h.nodes {
+			// Load through a node that is not the one restarting: a node's
+			// own balancer is down while its agent restarts.
+			l := h.startLoad((i+1)%nodes, 8080)
+			var before, after nodeStatus
+			h.api(i, "/v1/status", &before)
+			h.f.StopAgent(i)
+			if err := h.f.StartAgent(i); err != nil {
+				t.Fatal(err)
+			}
+			h.waitFor(30*time.Second, "agent back", func() bool {
+				return h.api(i, "/v1/status", &after) == nil && len(after.Instances) == len(before.Instances) && h.converged(0, "")
+			})
+			ok, failed := l.end()
+			okAll, failedAll = okAll+ok, failedAll+failed
+			for j := range before.Instances {
+				b, a := before.Instances[j], after.Instances[j]
+				if b.ContainerID != a.ContainerID || !b.StartedAt.Equal(a.StartedAt) {
+					t.Errorf("node %d: %s restarted", i+1, b.ContainerID)
+				}
+			}
+		}
+		report("restart of all 5 agents in turn: 0 containers restarted; load through another node: %d ok, %d failed", okAll, failedAll)
+		if failedAll > 0 {
+			t.Errorf("%d requests failed while agents restarted", failedAll)
+		}
+	})
+}
+
+// nodeStatus is the part of GET /v1/status the tests read.
+type nodeStatus struct {
+	Revision string `json:"revision"`
+	Sync     struct {
+		LastError string `json:"last_error"`
+	} `json:"sync"`
+	Instances []shoal.Instance `json:"instances"`
+}
+
+var _ = net.JoinHostPort
+
+func countHealthy(rs []shoal.Record, svc string) int {
+	n := 0
+	for _, r := range rs {
+		if r.Service == svc && r.Healthy {
+			n++
+		}
+	}
+	return n
+}
