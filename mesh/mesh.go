@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -79,9 +80,15 @@ type Mesh struct {
 	suppress  bool                 // tests: do not broadcast record events
 	paused    map[string]time.Time // failed members that said they restart → when
 
+	joined atomic.Bool
+
 	closeOnce sync.Once
 	closed    chan struct{}
 }
+
+// Joined reports whether this node has joined its peers, or has none to
+// join. A plan made before that would see a fleet of one.
+func (m *Mesh) Joined() bool { return m.joined.Load() }
 
 type peerRecords struct {
 	digest  string
@@ -127,6 +134,9 @@ func New(cfg Config) (*Mesh, error) {
 	sc.Tags = m.tags
 	sc.EventCh = m.events
 	sc.ReconnectTimeout = 30 * time.Second
+	// Failed members are only contacted again by Serf's reconnect loop:
+	// a short interval lets a healed partition merge within seconds.
+	sc.ReconnectInterval = 2 * time.Second
 	sc.TombstoneTimeout = time.Minute
 	sc.QueryTimeoutMult = 4
 	logw := &slogWriter{log: m.log}
@@ -199,6 +209,7 @@ func (m *Mesh) Run(ctx context.Context) error {
 
 func (m *Mesh) joinLoop(ctx context.Context) {
 	if len(m.cfg.Join) == 0 {
+		m.joined.Store(true)
 		return
 	}
 	delay := 200 * time.Millisecond
@@ -210,11 +221,13 @@ func (m *Mesh) joinLoop(ctx context.Context) {
 			}
 		}
 		if len(addrs) == 0 {
+			m.joined.Store(true)
 			return // the first node of a fleet: the others join it
 		}
 		n, err := m.serf.Join(addrs, true)
 		if n > 0 {
 			m.log.Info("joined fleet", "contacted", n)
+			m.joined.Store(true)
 			return
 		}
 		m.log.Warn("join failed, retrying", "peers", addrs, "err", err, "in", delay)

@@ -92,6 +92,7 @@ type Runtime struct {
 	mu        sync.Mutex
 	revision  string
 	desired   []Desired
+	told      bool // SetDesired was called: until then nothing is touched
 	instances []shoal.Instance
 	health    map[string]*probeState // container ID → health
 	failures  map[shoal.Slot]failureState
@@ -196,7 +197,7 @@ func (r *Runtime) SetDesired(revision string, desired []Desired) {
 	d := append([]Desired(nil), desired...)
 	sort.Slice(d, func(i, j int) bool { return slotLess(d[i].Slot, d[j].Slot) })
 	r.mu.Lock()
-	r.revision, r.desired = revision, d
+	r.revision, r.desired, r.told = revision, d, true
 	r.mu.Unlock()
 	for _, x := range d {
 		r.images.want(x.Service.Image)
@@ -264,7 +265,14 @@ func (r *Runtime) Step(ctx context.Context) error {
 	}
 	r.probe(ctx, containers)
 	r.mu.Lock()
-	desired, revision := r.desired, r.revision
+	desired, revision, told := r.desired, r.revision, r.told
+	if !told {
+		// Not told what to run yet (an agent that just started): adopt
+		// and report, but stop nothing — an empty desired state here
+		// would mean "remove everything".
+		r.mu.Unlock()
+		return r.publish(ctx, nil)
+	}
 	for i := range observed {
 		if st := r.health[observed[i].ID]; st != nil {
 			observed[i].Unhealthy = st.state.Unhealthy
@@ -392,8 +400,11 @@ func (r *Runtime) execute(ctx context.Context, a Actions, revision string, cs ma
 	wg.Wait()
 }
 
-func containerID(d Desired) string {
-	return fmt.Sprintf("%s-%d-%s", d.Slot.Service, d.Slot.Index, d.Service.Hash()[:8])
+// containerID is unique per creation: containerd may still hold the task
+// of a container just deleted, and a new one must not collide with it.
+// Adoption goes by labels, so nothing depends on the ID being stable.
+func containerID(d Desired, now time.Time) string {
+	return fmt.Sprintf("%s-%d-%s-%s", d.Slot.Service, d.Slot.Index, d.Service.Hash()[:8], strconv.FormatInt(now.UnixMilli()%(1<<40), 36))
 }
 
 // start creates and starts the container of a slot.
@@ -406,9 +417,9 @@ func (r *Runtime) start(ctx context.Context, d Desired, revision string) error {
 	if err != nil {
 		return err
 	}
-	id := containerID(d)
-	portJSON, _ := json.Marshal(ports)
 	now := r.cfg.Now()
+	id := containerID(d, now)
+	portJSON, _ := json.Marshal(ports)
 	labels := map[string]string{
 		LabelService: d.Slot.Service, LabelSlot: strconv.Itoa(d.Slot.Index),
 		LabelSpecHash: d.Service.Hash(), LabelRevision: revision, LabelNode: r.cfg.NodeName,

@@ -40,7 +40,8 @@ type agent struct {
 
 	parts agentParts
 
-	poke chan struct{}
+	poke      chan struct{}
+	startedAt time.Time
 
 	mu        sync.Mutex
 	rev       *shoal.Revision
@@ -121,6 +122,9 @@ func (a *agent) step(now time.Time) {
 	if rev == nil {
 		return // nothing verified yet: run nothing new, touch nothing
 	}
+	if !a.mesh.Joined() && now.Sub(a.startedAt) < joinWait {
+		return // a plan before joining would put the whole fleet here
+	}
 
 	nodes := a.mesh.Nodes()
 	t0 := time.Now()
@@ -198,6 +202,10 @@ func (a *agent) step(now time.Time) {
 	a.lb.SetRoutes(routesOf(rev.Spec))
 	a.mesh.SetRevision(rev.Commit)
 }
+
+// joinWait bounds how long a starting agent waits to join its peers
+// before it runs its share anyway (a fleet of one, or peers all down).
+const joinWait = 10 * time.Second
 
 // drainDelay is how long a slot leaving this node stays up after its
 // records are withdrawn: gossip reaches the fleet in well under a second.

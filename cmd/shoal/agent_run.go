@@ -78,7 +78,7 @@ func newAgent(ctx context.Context, cfg agentConfig, log *slog.Logger) (*agent, e
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	a := &agent{cfg: cfg, log: log, poke: make(chan struct{}, 1), held: map[shoal.Slot]time.Time{}}
+	a := &agent{cfg: cfg, log: log, poke: make(chan struct{}, 1), held: map[shoal.Slot]time.Time{}, startedAt: time.Now()}
 	addr, err := advertiseAddr(cfg)
 	if err != nil {
 		return nil, err

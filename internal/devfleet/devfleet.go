@@ -303,7 +303,7 @@ func (f *Fleet) StartAgent(i int) error {
 		"--data-dir", n.dataDir, "--node-name", n.Name, "--labels", strings.Join(labels, ","),
 		"--cpu", strconv.FormatFloat(f.cfg.CPU, 'f', -1, 64), "--memory", f.cfg.Memory.String(),
 		"--bind", net.JoinHostPort(n.Addr, "7946"), "--advertise", n.Addr,
-		"--join", net.JoinHostPort(f.nodes[0].Addr, "7946"),
+		"--join", f.joinList(),
 		"--gossip-key", f.GossipKey, "--containerd", f.daemon.Socket, "--namespace", n.Namespace,
 		"--start-containerd=false", "--insecure-registry", f.Registry,
 		"--api", n.API, "--api-token", f.Token, "--dns", n.DNS, "--ingress", n.Addr,
@@ -328,6 +328,16 @@ func (f *Fleet) StartAgent(i int) error {
 	f.mu.Unlock()
 	f.log.Info("agent started", "node", n.Name, "addr", n.Addr, "pid", cmd.Process.Pid, "log", n.logPath)
 	return nil
+}
+
+// joinList is every node's gossip address: an agent that restarts rejoins
+// through whichever peer answers (its own address is skipped).
+func (f *Fleet) joinList() string {
+	var addrs []string
+	for _, n := range f.nodes {
+		addrs = append(addrs, net.JoinHostPort(n.Addr, "7946"))
+	}
+	return strings.Join(addrs, ",")
 }
 
 // StopAgent stops node i's agent gracefully (SIGTERM): it leaves the
