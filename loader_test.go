@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"testing/fstest"
+	"time"
 
 	"github.com/shoal-run/shoal"
 )
@@ -239,5 +240,32 @@ func TestRecordsFor(t *testing.T) {
 		if got[i] != want[i] {
 			t.Errorf("record %d = %+v, want %+v", i, got[i], want[i])
 		}
+	}
+}
+
+// A slot replaced make-before-break publishes one record: the healthy
+// copy, the newer when both are healthy.
+func TestRecordsForSurge(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	slot := shoal.Slot{Service: "web", Index: 0}
+	old := shoal.Instance{Slot: slot, State: shoal.StateHealthy, Revision: "old", StartedAt: t0, Ports: map[string]int{"http": 20000}}
+	for _, tc := range []struct {
+		name string
+		new  shoal.InstanceState
+		want string
+	}{
+		{"new starting: old serves", shoal.StateStarting, "old"},
+		{"new healthy: new serves", shoal.StateHealthy, "new"},
+		{"new unhealthy: old serves", shoal.StateUnhealthy, "old"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			nw := shoal.Instance{Slot: slot, State: tc.new, Revision: "new", StartedAt: t0.Add(time.Second), Ports: map[string]int{"http": 20001}}
+			for _, order := range [][]shoal.Instance{{old, nw}, {nw, old}} {
+				got := shoal.RecordsFor("n1", "10.0.0.1", order)
+				if len(got) != 1 || got[0].Revision != tc.want {
+					t.Errorf("got %+v, want one record of %s", got, tc.want)
+				}
+			}
+		})
 	}
 }

@@ -418,9 +418,25 @@ func (d *Duration) UnmarshalJSON(data []byte) error {
 
 // RecordsFor turns a node's local instances into the records it publishes:
 // one per instance and port, healthy only when the instance is.
+//
+// A slot being replaced make-before-break has two instances; it is
+// published as one: the healthy one, the newer when both are.
 func RecordsFor(node, addr string, instances []Instance) []Record {
-	var rs []Record
+	best := map[Slot]Instance{}
+	var order []Slot
 	for _, in := range instances {
+		cur, ok := best[in.Slot]
+		if !ok {
+			order = append(order, in.Slot)
+		}
+		inOK, curOK := in.State == StateHealthy, cur.State == StateHealthy
+		if !ok || (inOK && !curOK) || (inOK == curOK && in.StartedAt.After(cur.StartedAt)) {
+			best[in.Slot] = in
+		}
+	}
+	var rs []Record
+	for _, slot := range order {
+		in := best[slot]
 		names := make([]string, 0, len(in.Ports))
 		for name := range in.Ports {
 			names = append(names, name)

@@ -18,8 +18,9 @@ import (
 
 // probeState is the health of one container.
 type probeState struct {
-	state   HealthState
-	lastRun time.Time
+	state     HealthState
+	lastRun   time.Time
+	healthyAt time.Time // when state last turned healthy
 }
 
 // implicitCheck is the health check of a service with ports and none of
@@ -83,6 +84,9 @@ func (r *Runtime) probe(ctx context.Context, cs map[string]*container) {
 			r.mu.Lock()
 			before := j.st.state
 			j.st.state = NextHealth(*healthOf(j.svc), j.st.state, ok, j.ct.started, r.cfg.Now())
+			if j.st.state.Healthy && !before.Healthy {
+				j.st.healthyAt = r.cfg.Now()
+			}
 			if before.Unhealthy != j.st.state.Unhealthy || before.Healthy != j.st.state.Healthy {
 				r.log.Info("health changed", "container", j.id, "healthy", j.st.state.Healthy, "unhealthy", j.st.state.Unhealthy)
 			}

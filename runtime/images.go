@@ -9,12 +9,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/images"
 	"github.com/containerd/containerd/remotes"
 	"github.com/containerd/containerd/remotes/docker"
 )
@@ -138,19 +140,25 @@ func (p *puller) pull(ctx context.Context, ref string) error {
 	}
 	start := time.Now()
 	p.log.Info("pulling image", "image", ref)
-	// Long pulls report progress; the content store is not polled per
-	// layer, but a line every few seconds says the pull is alive.
+	// Long pulls report progress: the bytes of the downloads in flight in
+	// this namespace's content store, every few seconds.
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
-		t := time.NewTicker(5 * time.Second)
+		t := time.NewTicker(3 * time.Second)
 		defer t.Stop()
 		for {
 			select {
 			case <-done:
 				return
 			case <-t.C:
-				p.log.Info("still pulling image", "image", ref, "elapsed", time.Since(start).Round(time.Second))
+				var got, total int64
+				if sts, err := p.client.ContentStore().ListStatuses(ctx); err == nil {
+					for _, st := range sts {
+						got, total = got+st.Offset, total+st.Total
+					}
+				}
+				p.log.Info("still pulling image", "image", ref, "elapsed", time.Since(start).Round(time.Second), "downloading_bytes", got, "of_bytes", total)
 			}
 		}
 	}()
@@ -239,4 +247,49 @@ func normalize(ref string) string {
 		name += ":latest"
 	}
 	return name
+}
+
+// collectImages deletes the images of this namespace that no container
+// uses and no desired slot names, beyond the KeepUnusedImages most
+// recently updated. Containerd's garbage collector then frees their
+// content and snapshots.
+func (r *Runtime) collectImages(ctx context.Context, desired []Desired) error {
+	keep := r.cfg.KeepUnusedImages
+	if keep == 0 {
+		keep = 3
+	}
+	inUse := map[string]bool{}
+	for _, d := range desired {
+		inUse[normalize(d.Service.Image)] = true
+	}
+	cs, err := r.client.Containers(ctx)
+	if err != nil {
+		return fmt.Errorf("list containers: %w", err)
+	}
+	for _, c := range cs {
+		if info, err := c.Info(ctx); err == nil {
+			inUse[info.Image] = true
+		}
+	}
+	imgs, err := r.client.ImageService().List(ctx)
+	if err != nil {
+		return fmt.Errorf("list images: %w", err)
+	}
+	var unused []images.Image
+	for _, img := range imgs {
+		if !inUse[img.Name] {
+			unused = append(unused, img)
+		}
+	}
+	sort.Slice(unused, func(i, j int) bool { return unused[i].UpdatedAt.After(unused[j].UpdatedAt) })
+	for i, img := range unused {
+		if i < keep {
+			continue
+		}
+		if err := r.client.ImageService().Delete(ctx, img.Name); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("delete image %s: %w", img.Name, err)
+		}
+		r.log.Info("deleted unused image", "image", img.Name)
+	}
+	return nil
 }

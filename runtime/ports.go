@@ -1,7 +1,6 @@
 package runtime
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"strconv"
@@ -10,49 +9,48 @@ import (
 	"github.com/shoal-run/shoal"
 )
 
-// portAllocator hands out node-local host ports to slots. A port is taken
+// portAllocator hands out node-local host ports to containers. Ports
+// belong to a container, not to a slot: during a make-before-break
+// replacement a slot's old and new containers both listen. A port is taken
 // only if nothing listens on it, so ports of other programs are skipped.
 type portAllocator struct {
 	low, high int
 	mu        sync.Mutex
-	bySlot    map[shoal.Slot]map[string]int
-	used      map[int]shoal.Slot
+	byOwner   map[string]map[string]int // container ID → port name → host port
+	used      map[int]string
 	next      int
 }
 
 func newPortAllocator(low, high int) *portAllocator {
-	return &portAllocator{low: low, high: high, next: low, bySlot: map[shoal.Slot]map[string]int{}, used: map[int]shoal.Slot{}}
+	return &portAllocator{low: low, high: high, next: low, byOwner: map[string]map[string]int{}, used: map[int]string{}}
 }
 
-// allocate gives each named port of a slot a host port.
-func (a *portAllocator) allocate(slot shoal.Slot, ports []shoal.Port) (map[string]int, error) {
+// allocate gives each named port of a new container a host port.
+func (a *portAllocator) allocate(owner string, ports []shoal.Port) (map[string]int, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if have, ok := a.bySlot[slot]; ok && len(have) == len(ports) {
-		return have, nil
-	}
-	a.releaseLocked(slot)
+	a.releaseLocked(owner)
 	out := map[string]int{}
+	a.byOwner[owner] = out
 	for _, p := range ports {
-		port, err := a.take(slot)
+		port, err := a.take(owner)
 		if err != nil {
-			a.releaseLocked(slot)
+			a.releaseLocked(owner)
 			return nil, err
 		}
 		out[p.Name] = port
 	}
-	a.bySlot[slot] = out
 	return out, nil
 }
 
-func (a *portAllocator) take(slot shoal.Slot) (int, error) {
+func (a *portAllocator) take(owner string) (int, error) {
 	n := a.high - a.low + 1
 	for i := 0; i < n; i++ {
 		port := a.low + (a.next-a.low+i)%n
 		if _, taken := a.used[port]; taken || !free(port) {
 			continue
 		}
-		a.used[port] = slot
+		a.used[port] = owner
 		a.next = port + 1
 		return port, nil
 	}
@@ -71,53 +69,32 @@ func free(port int) bool {
 
 // adopt records the ports of a container found running (after a restart
 // of the agent), so they are not handed out again.
-func (a *portAllocator) adopt(slot shoal.Slot, ports map[string]int) {
+func (a *portAllocator) adopt(owner string, ports map[string]int) {
 	if len(ports) == 0 {
 		return
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if _, ok := a.bySlot[slot]; ok {
+	if _, ok := a.byOwner[owner]; ok {
 		return
 	}
-	a.bySlot[slot] = ports
+	a.byOwner[owner] = ports
 	for _, p := range ports {
-		a.used[p] = slot
+		a.used[p] = owner
 	}
 }
 
-func (a *portAllocator) release(slot shoal.Slot) {
+func (a *portAllocator) release(owner string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.releaseLocked(slot)
+	a.releaseLocked(owner)
 }
 
-// releaseIf releases a slot's ports only if they are the ones the removed
-// container had: a replacement may already hold new ones.
-func (a *portAllocator) releaseIf(slot shoal.Slot, labelJSON string) {
-	var ports map[string]int
-	json.Unmarshal([]byte(labelJSON), &ports)
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, p := range ports {
-		if a.used[p] == slot {
+func (a *portAllocator) releaseLocked(owner string) {
+	for _, p := range a.byOwner[owner] {
+		if a.used[p] == owner {
 			delete(a.used, p)
 		}
 	}
-	if have := a.bySlot[slot]; have != nil {
-		same := true
-		for k, v := range ports {
-			same = same && have[k] == v
-		}
-		if same {
-			delete(a.bySlot, slot)
-		}
-	}
-}
-
-func (a *portAllocator) releaseLocked(slot shoal.Slot) {
-	for _, p := range a.bySlot[slot] {
-		delete(a.used, p)
-	}
-	delete(a.bySlot, slot)
+	delete(a.byOwner, owner)
 }

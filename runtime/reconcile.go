@@ -29,6 +29,9 @@ type Observed struct {
 	Unhealthy bool
 	// Failures counts consecutive failed runs, for the backoff.
 	Failures int
+	// ReadySince is when it last became ready to serve (passed its health
+	// check, or started when it has none); zero while it is not.
+	ReadySince time.Time
 }
 
 // Actions is what Reconcile decides, in named buckets.
@@ -40,12 +43,18 @@ type Actions struct {
 	Wait    []Observed    // exited or unhealthy, waiting out the backoff
 	Keep    []Observed    // running as desired
 	Done    []Observed    // exited and the policy says leave it
+	// Retire holds containers of an older definition kept serving until
+	// their slot's new container has been ready for min_healthy_time.
+	Retire []Observed
 }
 
-// Replacement pairs the container to remove with the definition to run.
+// Replacement pairs the container to replace with the definition to run.
+// With Surge the new container starts beside the old one (make before
+// break, the service's max_surge > 0); without, the old one goes first.
 type Replacement struct {
-	Old Observed
-	New Desired
+	Old   Observed
+	New   Desired
+	Surge bool
 }
 
 // Empty reports whether nothing has to be done now.
@@ -62,30 +71,76 @@ func Reconcile(desired []Desired, observed []Observed, now time.Time) Actions {
 	for _, d := range desired {
 		want[d.Slot] = d
 	}
-	have := map[shoal.Slot]bool{}
+	// Per slot: the container of the desired definition (the first one;
+	// more are duplicates) and those of older definitions.
+	type slotObs struct {
+		cur  *Observed
+		olds []Observed
+	}
+	slots := map[shoal.Slot]*slotObs{}
 	for _, o := range observed {
 		d, ok := want[o.Slot]
-		switch {
-		case !ok || have[o.Slot]:
-			// Not desired, or a second container for one slot.
-			a.Stop = append(a.Stop, o)
+		if !ok {
+			a.Stop = append(a.Stop, o) // not desired any more
 			continue
-		case o.SpecHash != d.Service.Hash():
-			a.Replace = append(a.Replace, Replacement{Old: o, New: d})
-		case o.Running && !o.Unhealthy:
-			a.Keep = append(a.Keep, o)
-		case !restartWanted(d.Service.Restart.Policy, o):
-			a.Done = append(a.Done, o)
-		case now.Before(RestartAt(d.Service.Restart, o)):
-			a.Wait = append(a.Wait, o)
-		default:
-			a.Restart = append(a.Restart, o)
 		}
-		have[o.Slot] = true
+		so := slots[o.Slot]
+		if so == nil {
+			so = &slotObs{}
+			slots[o.Slot] = so
+		}
+		switch {
+		case o.SpecHash != d.Service.Hash():
+			so.olds = append(so.olds, o)
+		case so.cur == nil:
+			so.cur = &o
+		default:
+			a.Stop = append(a.Stop, o) // a second container for one slot
+		}
 	}
 	for _, d := range desired {
-		if !have[d.Slot] {
+		so := slots[d.Slot]
+		switch {
+		case so == nil:
 			a.Start = append(a.Start, d)
+		case so.cur == nil:
+			// Replace the best old copy (a running, healthy one first);
+			// any others go now.
+			best := 0
+			for i, o := range so.olds {
+				if serving(o) && !serving(so.olds[best]) {
+					best = i
+				}
+			}
+			old := so.olds[best]
+			a.Replace = append(a.Replace, Replacement{Old: old, New: d, Surge: d.Service.Update.MaxSurge > 0 && serving(old)})
+			for i, o := range so.olds {
+				if i != best {
+					a.Stop = append(a.Stop, o)
+				}
+			}
+		default:
+			o := *so.cur
+			switch {
+			case o.Running && !o.Unhealthy:
+				a.Keep = append(a.Keep, o)
+			case !restartWanted(d.Service.Restart.Policy, o):
+				a.Done = append(a.Done, o)
+			case now.Before(RestartAt(d.Service.Restart, o)):
+				a.Wait = append(a.Wait, o)
+			default:
+				a.Restart = append(a.Restart, o)
+			}
+			// Old copies serve until the new one has been ready long
+			// enough; a new one that never gets there leaves them serving.
+			handedOver := !o.ReadySince.IsZero() && !now.Before(o.ReadySince.Add(d.Service.Update.MinHealthyTime.D()))
+			for _, old := range so.olds {
+				if serving(old) && !handedOver {
+					a.Retire = append(a.Retire, old)
+				} else {
+					a.Stop = append(a.Stop, old)
+				}
+			}
 		}
 	}
 	bySlot := func(s []Observed) {
@@ -93,11 +148,14 @@ func Reconcile(desired []Desired, observed []Observed, now time.Time) Actions {
 	}
 	sort.Slice(a.Start, func(i, j int) bool { return slotLess(a.Start[i].Slot, a.Start[j].Slot) })
 	sort.Slice(a.Replace, func(i, j int) bool { return slotLess(a.Replace[i].New.Slot, a.Replace[j].New.Slot) })
-	for _, s := range [][]Observed{a.Restart, a.Stop, a.Wait, a.Keep, a.Done} {
+	for _, s := range [][]Observed{a.Restart, a.Stop, a.Wait, a.Keep, a.Done, a.Retire} {
 		bySlot(s)
 	}
 	return a
 }
+
+// serving reports whether a container is up and not failing its checks.
+func serving(o Observed) bool { return o.Running && !o.Unhealthy }
 
 func slotLess(a, b shoal.Slot) bool {
 	if a.Service != b.Service {
@@ -158,22 +216,25 @@ type HealthState struct {
 	Unhealthy bool // failed UnhealthyThreshold checks in a row (outside the grace period)
 	Successes int  // consecutive
 	Failures  int  // consecutive
+	Passed    bool // passed a check at least once: the start grace is over
 }
 
 // NextHealth folds one check result into the state. Failures during the
 // grace period after start are not counted, so slow starters are not
-// killed; successes always count.
+// killed — until the first pass: from then on an instance that fails is
+// taken out of service at once. Successes always count.
 func NextHealth(h shoal.Health, st HealthState, ok bool, startedAt, now time.Time) HealthState {
 	healthyAt, unhealthyAt := max(h.HealthyThreshold, 1), max(h.UnhealthyThreshold, 1)
 	if ok {
 		st.Failures = 0
+		st.Passed = true
 		st.Successes++
 		if st.Successes >= healthyAt {
 			st.Healthy, st.Unhealthy = true, false
 		}
 		return st
 	}
-	if now.Sub(startedAt) < h.Grace.D() {
+	if !st.Passed && now.Sub(startedAt) < h.Grace.D() {
 		st.Successes = 0
 		return st
 	}

@@ -19,6 +19,8 @@ func TestReconcile(t *testing.T) {
 	onFail := web
 	onFail.Name = "of"
 	onFail.Restart.Policy = shoal.RestartOnFailure
+	surge := web2
+	surge.Update = shoal.UpdateStrategy{MaxSurge: 1, MinHealthyTime: shoal.Duration(5 * time.Second)}
 	slot := func(s string, i int) shoal.Slot { return shoal.Slot{Service: s, Index: i} }
 	obs := func(s string, i int, svc shoal.Service, mod func(*Observed)) Observed {
 		o := Observed{ID: s, Slot: slot(s, i), SpecHash: svc.Hash(), Running: true}
@@ -54,8 +56,27 @@ func TestReconcile(t *testing.T) {
 			map[string][]string{"stop": {"web/0"}}},
 		{"duplicate container for a slot: stop the second", []Desired{{slot("web", 0), web}}, []Observed{obs("web", 0, web, nil), obs("web", 0, web, nil)}, t0,
 			map[string][]string{"keep": {"web/0"}, "stop": {"web/0"}}},
-		{"definition changed: replace", []Desired{{slot("web", 0), web2}}, []Observed{obs("web", 0, web, nil)}, t0,
+		{"definition changed, no surge: replace, old first", []Desired{{slot("web", 0), web2}}, []Observed{obs("web", 0, web, nil)}, t0,
 			map[string][]string{"replace": {"web/0"}}},
+		{"definition changed, surge: new beside old", []Desired{{slot("web", 0), surge}}, []Observed{obs("web", 0, web, nil)}, t0,
+			map[string][]string{"replace": {"web/0 surge"}}},
+		{"surge onto a crashed old copy: old first", []Desired{{slot("web", 0), surge}}, []Observed{obs("web", 0, web, exited(1, 1, t0))}, t0,
+			map[string][]string{"replace": {"web/0"}}},
+		{"new copy starting: old keeps serving", []Desired{{slot("web", 0), surge}},
+			[]Observed{obs("web", 0, web, nil), obs("web", 0, surge, nil)}, t0,
+			map[string][]string{"keep": {"web/0"}, "retire": {"web/0"}}},
+		{"new copy ready, not for min_healthy_time yet: old keeps serving", []Desired{{slot("web", 0), surge}},
+			[]Observed{obs("web", 0, web, nil), obs("web", 0, surge, func(o *Observed) { o.ReadySince = t0 })}, t0.Add(4 * time.Second),
+			map[string][]string{"keep": {"web/0"}, "retire": {"web/0"}}},
+		{"new copy ready for min_healthy_time: old stops", []Desired{{slot("web", 0), surge}},
+			[]Observed{obs("web", 0, web, nil), obs("web", 0, surge, func(o *Observed) { o.ReadySince = t0 })}, t0.Add(5 * time.Second),
+			map[string][]string{"keep": {"web/0"}, "stop": {"web/0"}}},
+		{"new copy crash-looping: old keeps serving", []Desired{{slot("web", 0), surge}},
+			[]Observed{obs("web", 0, web, nil), obs("web", 0, surge, exited(1, 3, t0))}, t0,
+			map[string][]string{"wait": {"web/0"}, "retire": {"web/0"}}},
+		{"old copy failing during surge: stop it", []Desired{{slot("web", 0), surge}},
+			[]Observed{obs("web", 0, web, func(o *Observed) { o.Unhealthy = true }), obs("web", 0, surge, nil)}, t0,
+			map[string][]string{"keep": {"web/0"}, "stop": {"web/0"}}},
 		{"first crash restarts at once", []Desired{{slot("web", 0), web}}, []Observed{obs("web", 0, web, exited(1, 1, t0))}, t0,
 			map[string][]string{"restart": {"web/0"}}},
 		{"third crash waits out the backoff", []Desired{{slot("web", 0), web}}, []Observed{obs("web", 0, web, exited(1, 3, t0))}, t0.Add(time.Second),
@@ -77,9 +98,13 @@ func TestReconcile(t *testing.T) {
 				start = append(start, d.Slot.String())
 			}
 			for _, r := range a.Replace {
-				replace = append(replace, r.New.Slot.String())
+				if r.Surge {
+					replace = append(replace, r.New.Slot.String()+" surge")
+				} else {
+					replace = append(replace, r.New.Slot.String())
+				}
 			}
-			got := map[string][]string{"start": start, "replace": replace, "restart": ids(a.Restart), "stop": ids(a.Stop), "wait": ids(a.Wait), "keep": ids(a.Keep), "done": ids(a.Done)}
+			got := map[string][]string{"start": start, "replace": replace, "restart": ids(a.Restart), "stop": ids(a.Stop), "wait": ids(a.Wait), "keep": ids(a.Keep), "done": ids(a.Done), "retire": ids(a.Retire)}
 			for k, v := range got {
 				if len(v) == 0 {
 					delete(got, k)
@@ -116,6 +141,7 @@ func TestNextHealth(t *testing.T) {
 		{"becomes healthy after 2 passes", []step{{true, 1, false, false}, {true, 2, true, false}}},
 		{"failures in grace do not count", []step{{false, 1, false, false}, {false, 2, false, false}, {false, 3, false, false}, {false, 4, false, false}}},
 		{"3 failures after grace: unhealthy", []step{{true, 1, false, false}, {true, 2, true, false}, {false, 6, true, false}, {false, 7, true, false}, {false, 8, false, true}}},
+		{"after a first pass the grace is over", []step{{true, 1, false, false}, {true, 2, true, false}, {false, 3, true, false}, {false, 4, true, false}, {false, 4, false, true}}},
 		{"recovers after 2 passes", []step{{false, 6, false, false}, {false, 7, false, false}, {false, 8, false, true}, {true, 9, false, true}, {true, 10, true, false}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -66,6 +66,11 @@ type Config struct {
 	// NetNS is the network namespace containers join; default the
 	// agent's own (/proc/self/ns/net): host networking.
 	NetNS string
+	// KeepUnusedImages is how many images no container uses are kept (the
+	// most recently used first) for quick rollbacks; the rest are deleted
+	// and containerd's GC frees their content. Default 3; negative keeps
+	// none.
+	KeepUnusedImages int
 	// LogMaxBytes caps a container log file; it is rotated to .1 past it.
 	LogMaxBytes int64
 	// Interval between observations when nothing else wakes the loop.
@@ -98,12 +103,15 @@ type Runtime struct {
 	failures  map[shoal.Slot]failureState
 	pending   map[shoal.Slot]string // desired slots not started: why
 
+	lastGC time.Time
+
 	closeOnce sync.Once
 }
 
 type failureState struct {
-	count    int
-	exitedAt time.Time
+	count    int       // consecutive failures: the backoff streak
+	restarts int       // all restarts of the slot's container, for status
+	exitedAt time.Time // of the last failure
 }
 
 // New connects to containerd, starting a private one if configured.
@@ -274,19 +282,42 @@ func (r *Runtime) Step(ctx context.Context) error {
 		return r.publish(ctx, nil)
 	}
 	for i := range observed {
+		ct := containers[observed[i].ID]
 		if st := r.health[observed[i].ID]; st != nil {
 			observed[i].Unhealthy = st.state.Unhealthy
+			if st.state.Healthy {
+				observed[i].ReadySince = st.healthyAt
+			}
+		} else if observed[i].Running && !r.checked(observed[i], desired) {
+			observed[i].ReadySince = ct.started
 		}
 		f := r.failures[observed[i].Slot]
 		observed[i].Failures, observed[i].ExitedAt = f.count, f.exitedAt
 		if observed[i].ExitedAt.IsZero() {
-			observed[i].ExitedAt = containers[observed[i].ID].exitedAt
+			observed[i].ExitedAt = ct.exitedAt
 		}
 	}
 	r.mu.Unlock()
 	acts := Reconcile(desired, observed, r.cfg.Now())
 	r.execute(ctx, acts, revision, containers)
+	if now := r.cfg.Now(); now.Sub(r.lastGC) >= 10*r.cfg.Interval {
+		r.lastGC = now
+		if err := r.collectImages(ctx, desired); err != nil {
+			r.log.Warn("image gc", "err", err)
+		}
+	}
 	return r.publish(ctx, desired)
+}
+
+// checked reports whether o runs the desired definition of its slot and
+// that definition has a health check.
+func (r *Runtime) checked(o Observed, desired []Desired) bool {
+	for _, d := range desired {
+		if d.Slot == o.Slot {
+			return d.Service.Hash() == o.SpecHash && healthOf(d.Service) != nil
+		}
+	}
+	return false
 }
 
 // container is what observe learns of one containerd container.
@@ -371,8 +402,10 @@ func (r *Runtime) execute(ctx context.Context, a Actions, revision string, cs ma
 	}
 	for _, rp := range a.Replace {
 		do("replace", rp.New.Slot, func() error {
-			if err := r.remove(ctx, cs[rp.Old.ID]); err != nil {
-				return err
+			if !rp.Surge {
+				if err := r.remove(ctx, cs[rp.Old.ID]); err != nil {
+					return err
+				}
 			}
 			r.mu.Lock()
 			delete(r.failures, rp.New.Slot)
@@ -391,9 +424,9 @@ func (r *Runtime) execute(ctx context.Context, a Actions, revision string, cs ma
 	now := r.cfg.Now()
 	r.mu.Lock()
 	for _, o := range a.Keep {
-		if f, ok := r.failures[o.Slot]; ok && now.Sub(cs[o.ID].started) > time.Minute {
-			_ = f
-			delete(r.failures, o.Slot)
+		if f, ok := r.failures[o.Slot]; ok && f.count > 0 && now.Sub(f.exitedAt) > time.Minute {
+			f.count = 0
+			r.failures[o.Slot] = f
 		}
 	}
 	r.mu.Unlock()
@@ -413,12 +446,12 @@ func (r *Runtime) start(ctx context.Context, d Desired, revision string) error {
 	if err != nil {
 		return err
 	}
-	ports, err := r.ports.allocate(d.Slot, d.Service.Ports)
+	now := r.cfg.Now()
+	id := containerID(d, now)
+	ports, err := r.ports.allocate(id, d.Service.Ports)
 	if err != nil {
 		return err
 	}
-	now := r.cfg.Now()
-	id := containerID(d, now)
 	portJSON, _ := json.Marshal(ports)
 	labels := map[string]string{
 		LabelService: d.Slot.Service, LabelSlot: strconv.Itoa(d.Slot.Index),
@@ -468,6 +501,7 @@ func (r *Runtime) start(ctx context.Context, d Desired, revision string) error {
 	if old, err := r.client.LoadContainer(ctx, id); err == nil {
 		r.remove(ctx, &container{c: old})
 	}
+	t0 := time.Now()
 	c, err := r.client.NewContainer(ctx, id,
 		containerd.WithImage(img),
 		containerd.WithNewSnapshot(id, img),
@@ -475,15 +509,17 @@ func (r *Runtime) start(ctx context.Context, d Desired, revision string) error {
 		containerd.WithNewSpec(opts...),
 	)
 	if err != nil {
-		r.ports.release(d.Slot)
+		r.ports.release(id)
 		return fmt.Errorf("create %s: %w", id, err)
 	}
+	t1 := time.Now()
 	if err := r.startTask(ctx, c, d.Slot); err != nil {
 		c.Delete(ctx, containerd.WithSnapshotCleanup)
-		r.ports.release(d.Slot)
+		r.ports.release(id)
 		return err
 	}
-	r.log.Info("started", "slot", d.Slot.String(), "container", id, "image", d.Service.Image, "ports", ports)
+	r.log.Info("started", "slot", d.Slot.String(), "container", id, "image", d.Service.Image, "ports", ports,
+		"create_took", t1.Sub(t0).Round(time.Millisecond), "task_took", time.Since(t1).Round(time.Millisecond))
 	r.mu.Lock()
 	delete(r.pending, d.Slot)
 	r.mu.Unlock()
@@ -513,6 +549,7 @@ func (r *Runtime) restart(ctx context.Context, ct *container, o Observed) error 
 	r.mu.Lock()
 	f := r.failures[o.Slot]
 	f.count++
+	f.restarts++
 	f.exitedAt = r.cfg.Now()
 	r.failures[o.Slot] = f
 	delete(r.health, o.ID)
@@ -593,10 +630,8 @@ func (r *Runtime) remove(ctx context.Context, ct *container) error {
 	r.mu.Lock()
 	delete(r.health, ct.c.ID())
 	r.mu.Unlock()
+	r.ports.release(ct.c.ID())
 	if ct.labels != nil {
-		if idx, err := strconv.Atoi(ct.labels[LabelSlot]); err == nil {
-			r.ports.releaseIf(shoal.Slot{Service: ct.labels[LabelService], Index: idx}, ct.labels[LabelPorts])
-		}
 		r.log.Info("stopped", "container", ct.c.ID())
 	}
 	return nil
@@ -628,9 +663,9 @@ func (r *Runtime) publish(ctx context.Context, desired []Desired) error {
 			StartedAt:   ct.started,
 		}
 		json.Unmarshal([]byte(ct.labels[LabelPorts]), &in.Ports)
-		r.ports.adopt(in.Slot, in.Ports)
+		r.ports.adopt(id, in.Ports)
 		f := r.failures[in.Slot]
-		in.Restarts = f.count
+		in.Restarts = f.restarts
 		// Healthy needs a passed check when the service has one (an
 		// explicit check, or the implicit one of a service with ports):
 		// before its first check an instance is only starting.

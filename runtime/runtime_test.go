@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/namespaces"
 
 	"github.com/shoal-run/shoal"
@@ -77,16 +78,20 @@ func TestMain(m *testing.M) {
 // never race for one port.
 var portBlock atomic.Int32
 
-func newRuntime(t *testing.T, ns string) (*runtime.Runtime, func()) {
+func newRuntime(t *testing.T, ns string, opts ...func(*runtime.Config)) (*runtime.Runtime, func()) {
 	t.Helper()
 	setup(t)
 	low := 23000 + 200*int(portBlock.Add(1)%25)
 	dir := t.TempDir()
-	rt, err := runtime.New(context.Background(), runtime.Config{
+	cfg := runtime.Config{
 		Socket: socket, Namespace: ns, DataDir: dir, NodeName: "n1",
 		Interval: 100 * time.Millisecond, PortLow: low, PortHigh: low + 199,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	rt, err := runtime.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,6 +353,88 @@ func TestReplaceAndRemove(t *testing.T) {
 	if err != nil || len(cs) != 1 {
 		t.Errorf("containers left: %d (%v)", len(cs), err)
 	}
+}
+
+// A replaced slot keeps serving: with max_surge the new container starts
+// beside the old one, which goes only after the new one has been healthy
+// for min_healthy_time. A client that always asks the published instance
+// sees no failure.
+func TestSurgeKeepsServing(t *testing.T) {
+	rt, _ := newRuntime(t, "t-surge")
+	v1 := web(1, map[string]string{"MESSAGE": "v1"})
+	v1.Update.MinHealthyTime = shoal.Duration(500 * time.Millisecond)
+	rt.SetDesired("rev1", desired(v1))
+	waitFor(t, 30*time.Second, "healthy v1", healthy(rt, 1))
+
+	published := func() (shoal.Record, bool) {
+		rs := shoal.RecordsFor("n1", "127.0.0.1", rt.Instances())
+		return rs[0], len(rs) == 1 && rs[0].Healthy
+	}
+	var failed, ok atomic.Int64
+	var both atomic.Bool
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if len(rt.Instances()) == 2 {
+				both.Store(true)
+			}
+			r, up := published()
+			if !up {
+				failed.Add(1)
+			} else if _, err := get(r.Port, "/"); err != nil {
+				failed.Add(1)
+			} else {
+				ok.Add(1)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	v2 := v1
+	v2.Env = map[string]string{"MESSAGE": "v2"}
+	rt.SetDesired("rev2", desired(v2))
+	waitFor(t, 30*time.Second, "v2 alone", func() bool {
+		ins := rt.Instances()
+		r, up := published()
+		body, err := get(r.Port, "/")
+		return len(ins) == 1 && ins[0].Revision == "rev2" && up && err == nil && strings.TrimSpace(body) == "v2"
+	})
+	close(stop)
+	<-done
+	if !both.Load() {
+		t.Error("the old and the new container never ran side by side")
+	}
+	if failed.Load() > 0 {
+		t.Errorf("%d of %d requests failed during the replacement", failed.Load(), failed.Load()+ok.Load())
+	}
+}
+
+// Images no container uses are deleted past the cap.
+func TestUnusedImagesAreCollected(t *testing.T) {
+	rt, _ := newRuntime(t, "t-gc", func(c *runtime.Config) { c.KeepUnusedImages = -1 })
+	oldRef := reg.PushTestApp(t, "shoal/testapp:gc-old")
+	a := web(1, nil)
+	a.Image = oldRef
+	rt.SetDesired("rev1", desired(a))
+	waitFor(t, 30*time.Second, "healthy on the old image", healthy(rt, 1))
+	rt.SetDesired("rev2", desired(web(1, nil)))
+	client, err := containerd.New(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	ctx := ctrCtx("t-gc")
+	waitFor(t, 30*time.Second, "the old image deleted", func() bool {
+		_, errOld := client.GetImage(ctx, oldRef)
+		_, errNew := client.GetImage(ctx, appRef)
+		return errdefs.IsNotFound(errOld) && errNew == nil && healthy(rt, 1)()
+	})
 }
 
 func TestBadImageDoesNotBlockOthers(t *testing.T) {
