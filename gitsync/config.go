@@ -72,6 +72,11 @@ type Config struct {
 	// OnRevision is called, from the Run goroutine, with each new good
 	// revision, including the one restored from disk at start.
 	OnRevision func(*shoal.Revision)
+	// OnPush, when set, is called with the head commit of each push a
+	// signed webhook reports, before it is fetched: the agent relays it to
+	// its peers so the whole fleet fetches at once. Nothing is trusted
+	// from it; each node verifies what it fetches.
+	OnPush func(commit string)
 	// Now is the clock used for timestamps in Status; default time.Now.
 	Now func() time.Time
 }

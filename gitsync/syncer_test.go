@@ -234,7 +234,8 @@ func TestWebhook(t *testing.T) {
 	r := gittest.New(t)
 	srv := r.Serve()
 	c1 := r.Commit("one", map[string]string{"billing.yaml": billingYAML})
-	h := start(t, gitsync.Config{URL: srv.RepoURL})
+	pushes := make(chan string, 10)
+	h := start(t, gitsync.Config{URL: srv.RepoURL, OnPush: func(c string) { pushes <- c }})
 	h.expect(c1)
 	const secret = "s3cret"
 	hook := httptest.NewServer(h.s.WebhookHandler(secret))
@@ -299,6 +300,10 @@ func TestWebhook(t *testing.T) {
 	h.expect(c2)
 	took := time.Since(start)
 	t.Logf("webhook to revision: %v", took)
+	// Only the signed push on the tracked branch is relayed, once.
+	if len(pushes) != 1 || <-pushes != c2 {
+		t.Errorf("OnPush: want exactly %s", c2)
+	}
 	// The issue asks for a fetch within 100 ms; the whole round trip
 	// (fetch, CUE validation, save) is allowed more under -race.
 	if took > 2*time.Second {
@@ -309,6 +314,9 @@ func TestWebhook(t *testing.T) {
 	other := `{"ref":"refs/heads/feature","after":"` + strings.Repeat("a", 40) + `"}`
 	if code := post(other, gitsync.SignWebhook(secret, []byte(other)), "push"); code != http.StatusAccepted {
 		t.Errorf("other branch: status %d, want 202", code)
+	}
+	if len(pushes) != 0 {
+		t.Errorf("a push to another branch was relayed: %s", <-pushes)
 	}
 
 	// An empty secret refuses everything.

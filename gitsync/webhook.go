@@ -63,6 +63,9 @@ func (s *Syncer) WebhookHandler(secret string) http.Handler {
 			if push.After != "" && strings.Trim(push.After, "0") != "" {
 				s.log.Info("webhook: push", "ref", push.Ref, "after", short(push.After))
 				s.Announce(push.After) // triggers a fetch unless it is in force
+				if c := strings.ToLower(push.After); s.cfg.OnPush != nil && len(c) == 40 && isHex(c) {
+					s.cfg.OnPush(c)
+				}
 				w.WriteHeader(http.StatusAccepted)
 				io.WriteString(w, "fetch triggered\n") //nolint:errcheck // the client may be gone
 				return

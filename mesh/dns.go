@@ -46,6 +46,8 @@ type DNS struct {
 
 	mu      sync.Mutex
 	addr    string
+	pc      net.PacketConn
+	ln      net.Listener
 	servers []*dns.Server
 	stats   map[string]uint64
 	ready   chan struct{}
@@ -109,8 +111,14 @@ func (d *DNS) Stats() map[string]uint64 {
 	return out
 }
 
-// Run serves until ctx ends.
-func (d *DNS) Run(ctx context.Context) error {
+// Listen binds the UDP and TCP sockets now, so a caller learns at once
+// whether the address is free; Run calls it when nobody has.
+func (d *DNS) Listen() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.pc != nil {
+		return nil
+	}
 	pc, err := net.ListenPacket("udp", d.cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("dns: listen udp %s: %w", d.cfg.Addr, err)
@@ -121,16 +129,28 @@ func (d *DNS) Run(ctx context.Context) error {
 		pc.Close()
 		return fmt.Errorf("dns: listen tcp %s: %w", pc.LocalAddr(), err)
 	}
+	d.pc, d.ln, d.addr = pc, ln, pc.LocalAddr().String()
+	return nil
+}
+
+// Run serves until ctx is cancelled.
+func (d *DNS) Run(ctx context.Context) error {
+	if err := d.Listen(); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	pc, ln := d.pc, d.ln
+	d.mu.Unlock()
 	h := dns.HandlerFunc(d.serve)
 	udp := &dns.Server{PacketConn: pc, Handler: h}
 	tcp := &dns.Server{Listener: ln, Handler: h}
 	d.mu.Lock()
-	d.addr = pc.LocalAddr().String()
 	d.servers = []*dns.Server{udp, tcp}
 	d.mu.Unlock()
 	close(d.ready)
 	d.log.Info("dns listening", "addr", d.addr)
 	errc := make(chan error, 2)
+	var err error
 	go func() { errc <- udp.ActivateAndServe() }()
 	go func() { errc <- tcp.ActivateAndServe() }()
 	select {
@@ -296,4 +316,16 @@ func (d *DNS) forward(w dns.ResponseWriter, req *dns.Msg) {
 	m.SetRcode(req, dns.RcodeServerFailure)
 	w.WriteMsg(m)
 	d.count(dns.RcodeServerFailure)
+}
+
+// Close releases the sockets of a DNS that Listened but will not Run;
+// Run releases its own when its context ends.
+func (d *DNS) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.servers != nil || d.pc == nil {
+		return nil
+	}
+	d.ln.Close()
+	return d.pc.Close()
 }

@@ -77,8 +77,9 @@ type Mesh struct {
 	digest    string
 	peers     map[string]peerRecords // node → its records
 	announced map[string]bool
-	suppress  bool                 // tests: do not broadcast record events
-	paused    map[string]time.Time // failed members that said they restart → when
+	loads     map[string]map[string]loadEntry // node → service → traffic report
+	suppress  bool                            // tests: do not broadcast record events
+	paused    map[string]time.Time            // failed members that said they restart → when
 
 	joined atomic.Bool
 
@@ -121,7 +122,7 @@ func New(cfg Config) (*Mesh, error) {
 	m := &Mesh{
 		cfg: cfg, log: cfg.Logger,
 		events: make(chan serf.Event, 1024), changes: make(chan struct{}, 1), pullNow: make(chan struct{}, 1),
-		peers: map[string]peerRecords{}, announced: map[string]bool{}, paused: map[string]time.Time{}, closed: make(chan struct{}),
+		peers: map[string]peerRecords{}, announced: map[string]bool{}, loads: map[string]map[string]loadEntry{}, paused: map[string]time.Time{}, closed: make(chan struct{}),
 	}
 	m.digest = digestOf(nil)
 	m.tags = encodeTags(nodeTags{CPU: cfg.CPU, Memory: cfg.Memory, Labels: cfg.Labels, APIPort: cfg.APIPort, Digest: m.digest})

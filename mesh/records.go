@@ -236,6 +236,8 @@ func (m *Mesh) handleUserEvent(e serf.UserEvent) {
 			return
 		}
 		m.kickPull() // the event only carried a digest
+	case "load":
+		m.handleLoad(e)
 	}
 }
 
