@@ -36,12 +36,16 @@ type agent struct {
 	rt   *runtime.Runtime
 	mesh *mesh.Mesh
 	dns  *mesh.DNS
+	cdns *mesh.DNS // on port 53, for containers' resolv.conf; nil when off
 	lb   *mesh.Balancer
 
 	parts agentParts
 
-	poke      chan struct{}
-	startedAt time.Time
+	poke       chan struct{}
+	scaler     autoscaler
+	loadSent   map[string]float64 // rates last published, by service
+	loadSentAt time.Time
+	startedAt  time.Time
 
 	mu        sync.Mutex
 	rev       *shoal.Revision
@@ -126,9 +130,11 @@ func (a *agent) step(now time.Time) {
 		return // a plan before joining would put the whole fleet here
 	}
 
+	a.publishLoad(rev.Spec, now)
+	spec := a.scaler.apply(rev.Spec, a.mesh.Load(), now)
 	nodes := a.mesh.Nodes()
 	t0 := time.Now()
-	plan := placement.Plan(rev.Spec, nodes)
+	plan := placement.Plan(spec, nodes)
 	planTime := time.Since(t0)
 
 	var mine []shoal.Slot
@@ -201,6 +207,38 @@ func (a *agent) step(now time.Time) {
 	a.rt.SetDesired(rev.Commit, want)
 	a.lb.SetRoutes(routesOf(rev.Spec))
 	a.mesh.SetRevision(rev.Commit)
+}
+
+// loadEvery is how often a node tells the fleet its balancer's traffic to
+// autoscaled services.
+const loadEvery = 2 * time.Second
+
+// publishLoad gossips this node's new-connection rates to the services
+// that autoscale, every loadEvery while there is (or just was) traffic.
+func (a *agent) publishLoad(spec *shoal.Spec, now time.Time) {
+	if now.Sub(a.loadSentAt) < loadEvery {
+		return
+	}
+	stats := a.lb.Stats()
+	rates := map[string]float64{}
+	busy := false
+	for _, svc := range spec.Services {
+		if svc.Scale == nil {
+			continue
+		}
+		r := stats[svc.Name].Rate
+		if r > 0 || a.loadSent[svc.Name] > 0 {
+			rates[svc.Name] = r
+			busy = busy || r > 0 || a.loadSent[svc.Name] > 0
+		}
+	}
+	if !busy {
+		return
+	}
+	if err := a.mesh.PublishLoad(rates); err != nil {
+		a.log.Warn("publish traffic", "err", err)
+	}
+	a.loadSent, a.loadSentAt = rates, now
 }
 
 // joinWait bounds how long a starting agent waits to join its peers

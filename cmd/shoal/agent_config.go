@@ -65,6 +65,8 @@ type agentConfig struct {
 	API            string
 	APIToken       string
 	DNS            string
+	ContainerDNS   string
+	ScaleDownDelay time.Duration
 	DNSUpstreams   []string
 	Ingress        string // host the balancer listens on for every service port
 	HandoffTimeout time.Duration
@@ -179,8 +181,10 @@ func (c *agentConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.API, "api", "127.0.0.1:7900", "HTTP API address; a non-loopback address needs --api-token")
 	fs.StringVar(&c.APIToken, "api-token", os.Getenv("SHOAL_TOKEN"), "API bearer token (or SHOAL_TOKEN)")
 	fs.StringVar(&c.DNS, "dns", defaultDNSAddr, "DNS server address for *.shoal")
+	fs.StringVar(&c.ContainerDNS, "container-dns", "auto", "DNS address on port 53 that containers' resolv.conf names: auto (the advertised address), an IP, or off")
 	fs.Var(listFlag{&c.DNSUpstreams}, "dns-upstream", "resolvers for names outside .shoal (default: /etc/resolv.conf)")
 	fs.StringVar(&c.Ingress, "ingress", "0.0.0.0", "address the balancer listens on, on every service port")
+	fs.DurationVar(&c.ScaleDownDelay, "scale-down-delay", time.Minute, "how long traffic must ask for fewer replicas before an autoscaled service shrinks")
 	fs.DurationVar(&c.HandoffTimeout, "handoff-timeout", 30*time.Second, "how long a moved slot's old copy waits for the new one to be healthy")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 }

@@ -78,7 +78,8 @@ func newAgent(ctx context.Context, cfg agentConfig, log *slog.Logger) (*agent, e
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	a := &agent{cfg: cfg, log: log, poke: make(chan struct{}, 1), held: map[shoal.Slot]time.Time{}, startedAt: time.Now()}
+	a := &agent{cfg: cfg, log: log, poke: make(chan struct{}, 1), held: map[shoal.Slot]time.Time{}, startedAt: time.Now(),
+		scaler: autoscaler{downDelay: cfg.ScaleDownDelay}}
 	addr, err := advertiseAddr(cfg)
 	if err != nil {
 		return nil, err
@@ -122,6 +123,11 @@ func (a *agent) syncConfig() (gitsync.Config, error) {
 		RefuseNonFastForward: cfg.RefuseForcePush,
 		Logger:               a.log.With("part", "gitsync"),
 		OnRevision:           a.onRevision,
+		OnPush: func(commit string) {
+			if err := a.mesh.Announce(commit); err != nil {
+				a.log.Warn("relay pushed commit", "commit", commit, "err", err)
+			}
+		},
 		Auth: gitsync.Auth{
 			Username: cfg.GitUser, Password: cfg.GitPassword, Token: cfg.GitToken,
 			SSHKeyPath: cfg.SSHKey, KnownHostsPath: cfg.KnownHosts,

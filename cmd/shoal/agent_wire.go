@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/shoal-run/shoal"
 	"github.com/shoal-run/shoal/gitsync"
 	"github.com/shoal-run/shoal/mesh"
 	"github.com/shoal-run/shoal/runtime"
@@ -29,12 +30,19 @@ func (a *agent) build(ctx context.Context) error {
 		return err
 	}
 
+	ingress := cfg.Ingress
+	if ip := net.ParseIP(ingress); ip == nil || ip.IsUnspecified() {
+		ingress = a.addr // <service>.shoal answers this node's balancer
+	}
+	records := func() []shoal.Record { return a.mesh.Records() } // a.mesh is set before anything runs
+	resolvConf := a.containerDNS(ingress, records)
+
 	rt, err := runtime.New(ctx, runtime.Config{
 		Socket: cfg.ContainerdSocket, Namespace: cfg.ContainerdNamespace,
 		DataDir: filepath.Join(cfg.DataDir, "runtime"), StartContainerd: cfg.StartContainerd,
 		NodeName: cfg.NodeName, PortLow: lo, PortHigh: hi,
 		InsecureRegistries: cfg.InsecureRegistries, DockerConfig: cfg.DockerConfig,
-		Logger: a.log.With("part", "runtime"),
+		ResolvConf: resolvConf, Logger: a.log.With("part", "runtime"),
 	})
 	if err != nil {
 		return err
@@ -64,10 +72,6 @@ func (a *agent) build(ctx context.Context) error {
 		return m.Pause()
 	})
 
-	ingress := cfg.Ingress
-	if ip := net.ParseIP(ingress); ip == nil || ip.IsUnspecified() {
-		ingress = a.addr // <service>.shoal answers this node's balancer
-	}
 	a.dns = mesh.NewDNS(mesh.DNSConfig{Addr: cfg.DNS, BalancerAddr: ingress, Upstreams: cfg.DNSUpstreams, Logger: a.log.With("part", "dns"), Services: a.serviceNames}, m.Records)
 	a.parts.runs = append(a.parts.runs, a.dns.Run)
 	a.lb = mesh.NewBalancer(mesh.BalancerConfig{ListenHost: cfg.Ingress, LocalNode: cfg.NodeName, Logger: a.log.With("part", "balancer")}, m.Records)
@@ -93,6 +97,39 @@ func (a *agent) build(ctx context.Context) error {
 	h := api.handler()
 	a.parts.runs = append(a.parts.runs, func(ctx context.Context) error { return serveAPI(ctx, cfg.API, h, a.log) })
 	return nil
+}
+
+// containerDNS starts listening on the address containers' resolv.conf
+// names (DNS needs port 53 there) and writes that resolv.conf. On failure
+// containers keep the host's resolv.conf and the agent says so.
+func (a *agent) containerDNS(ingress string, records func() []shoal.Record) string {
+	addr := a.cfg.ContainerDNS
+	switch addr {
+	case "off", "":
+		return ""
+	case "auto":
+		addr = a.addr
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		addr = net.JoinHostPort(addr, "53")
+	}
+	d := mesh.NewDNS(mesh.DNSConfig{Addr: addr, BalancerAddr: ingress, Upstreams: a.cfg.DNSUpstreams, Logger: a.log.With("part", "dns"), Services: a.serviceNames}, records)
+	if err := d.Listen(); err != nil {
+		a.log.Warn("containers keep the host's resolv.conf: cannot serve them DNS; free the port or set --container-dns", "addr", addr, "err", err)
+		return ""
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	path := filepath.Join(a.cfg.DataDir, "resolv.conf")
+	// search shoal first: a bare service name reaches this node's balancer.
+	content := "# Written by shoal agent: this node's mesh DNS.\nnameserver " + host + "\nsearch shoal service.shoal\noptions ndots:1\n"
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		a.log.Warn("containers keep the host's resolv.conf", "err", err)
+		d.Close()
+		return ""
+	}
+	a.cdns = d
+	a.parts.runs = append(a.parts.runs, d.Run)
+	return path
 }
 
 // serviceNames lists the services of the revision in force.
@@ -170,8 +207,13 @@ func (a *agent) metricsSnapshot() metricsSnapshot {
 		s.Members[mb.Status]++
 	}
 	s.Records = float64(len(a.mesh.Records()))
-	for rc, n := range a.dns.Stats() {
-		s.DNSQueries[rc] = float64(n)
+	for _, d := range []*mesh.DNS{a.dns, a.cdns} {
+		if d == nil {
+			continue
+		}
+		for rc, n := range d.Stats() {
+			s.DNSQueries[rc] += float64(n)
+		}
 	}
 	for svc, st := range a.lb.Stats() {
 		s.BalancerConns[svc] = float64(st.Connections)

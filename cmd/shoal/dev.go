@@ -25,8 +25,10 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (int, 
 	nodes := fs.Int("nodes", 3, "agents to run, each in its own network namespace")
 	dir := fs.String("dir", filepath.Join(os.TempDir(), "shoal-dev"), "working directory: spec repository, agent data and logs")
 	seed := fs.String("seed", "examples/fleet", "spec tree the repository starts with")
+	app := fs.String("app", "examples/images/testapp", "Go source of the example image the registry serves")
 	prefix := fs.String("prefix", "shoal", "name prefix of the namespaces (8 characters at most)")
 	subnet := fs.String("subnet", "10.213.0.0/24", "private /24 for the fleet network")
+	loopback := fs.Bool("loopback", false, "run the agents on loopback addresses 127.x.y.N instead of network namespaces (automatic when namespaces cannot be made)")
 	if err := fs.Parse(args); err != nil {
 		return 1, err
 	}
@@ -35,6 +37,13 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (int, 
 	}
 	if st, err := os.Stat(*seed); err != nil || !st.IsDir() {
 		return 1, fmt.Errorf("--seed %s: not a directory (run from a checkout of Shoal, or point --seed at a spec tree)", *seed)
+	}
+	if st, err := os.Stat(filepath.Join(*app, "main.go")); err != nil || st.IsDir() {
+		return 1, fmt.Errorf("--app %s: no main.go there (run from a checkout of Shoal, or point --app at the example image's source)", *app)
+	}
+	appDir, err := filepath.Abs(*app)
+	if err != nil {
+		return 1, err
 	}
 	bin, err := os.Executable()
 	if err != nil {
@@ -45,7 +54,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (int, 
 	fmt.Fprintf(stdout, "Starting a %d-node Shoal fleet on this machine…\n", *nodes)
 	f, err := devfleet.Start(ctx, devfleet.Config{
 		Nodes: *nodes, Prefix: *prefix, Subnet: *subnet, Binary: bin, Dir: *dir,
-		Seed: os.DirFS(*seed), Logger: log,
+		Seed: os.DirFS(*seed), AppDir: appDir, Loopback: *loopback, Logger: log,
 	})
 	if err != nil {
 		return 1, fmt.Errorf("start the fleet: %w", err)
@@ -59,7 +68,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (int, 
 	}()
 	ns := f.Nodes()
 	fmt.Fprintf(stdout, `
-The fleet is up. Specs live in a Git repository:
+The fleet is up. Specs live in a Git repository, which the agents fetch
+over HTTP from %s:
 
     %s
 
@@ -78,7 +88,7 @@ Talk to the fleet (token %s):
 
 Agent logs: %s/node-*.log.  Ctrl-C stops everything.
 
-`, f.RepoDir, f.RepoDir, f.Token, f.Token, ns[0].API, ns[0].Addr, ns[0].Addr, *dir)
+`, f.RepoURL, f.RepoDir, f.RepoDir, f.Token, f.Token, ns[0].API, ns[0].Addr, ns[0].Addr, *dir)
 
 	// Show convergence as it happens: print the fleet whenever it changes.
 	client := newAPIClient(ns[0].API, f.Token)

@@ -25,6 +25,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ProtonMail/go-crypto/openpgp"
+	"github.com/ProtonMail/go-crypto/openpgp/armor"
+	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/go-git/go-git/v5"
@@ -34,6 +37,7 @@ import (
 
 	"github.com/shoal-run/shoal"
 	"github.com/shoal-run/shoal/gitsync"
+	"github.com/shoal-run/shoal/internal/githttp"
 	"github.com/shoal-run/shoal/internal/imagebuild"
 	"github.com/shoal-run/shoal/internal/netns"
 	"github.com/shoal-run/shoal/runtime"
@@ -50,6 +54,9 @@ type Config struct {
 	// of the form registry.example.com/NAME:TAG are rewritten to the local
 	// registry, which serves the test app under every such name.
 	Seed fs.FS
+	// AppDir is the source of the example image (a Go main package);
+	// default the test app of this checkout, found from the source path.
+	AppDir string
 	// Labels returns node i's labels (0-based); default zone a/b/c and
 	// tier=backend on the first two.
 	Labels func(i int) map[string]string
@@ -58,6 +65,14 @@ type Config struct {
 	Memory shoal.Bytes
 	// Poll interval of the agents; default 1s.
 	Poll time.Duration
+	// SignCommits signs every commit with a key made for the fleet and
+	// starts the agents with --trusted-keys set to it; CommitUnsigned then
+	// makes a commit they must refuse.
+	SignCommits bool
+	// Loopback runs every agent in the host's network namespace on its own
+	// loopback address instead of in a namespace of its own; Start falls
+	// back to it when namespaces cannot be made. No partitions then.
+	Loopback bool
 	// ExtraAgentArgs are added to every agent's command line.
 	ExtraAgentArgs []string
 	Logger         *slog.Logger
@@ -76,13 +91,17 @@ type Node struct {
 type Fleet struct {
 	cfg      Config
 	log      *slog.Logger
-	net      *netns.Fleet
+	net      network
 	daemon   *runtime.Daemon
 	registry *imagebuild.Registry
+	gitSrv   *http.Server
 	repo     *git.Repository
 	image    v1.Image // the test app, pushed under every example name
+	signer   *openpgp.Entity
+	keyring  string // armored public key file of signer
 
 	RepoDir       string // the spec repository (a normal Git work tree)
+	RepoURL       string // where agents fetch it: Git smart HTTP
 	Registry      string // host:port of the registry
 	Token         string // API token of every agent
 	WebhookSecret string
@@ -138,8 +157,19 @@ func Start(ctx context.Context, cfg Config) (_ *Fleet, err error) {
 		return nil, err
 	}
 
-	f.log.Info("creating network namespaces", "nodes", cfg.Nodes, "subnet", cfg.Subnet)
-	if f.net, err = netns.NewFleet(cfg.Prefix, cfg.Nodes, cfg.Subnet); err != nil {
+	if cfg.Loopback {
+		f.net, err = newLoopback(cfg.Nodes, cfg.Subnet)
+	} else {
+		f.log.Info("creating network namespaces", "nodes", cfg.Nodes, "subnet", cfg.Subnet)
+		var nf *netns.Fleet
+		if nf, err = netns.NewFleet(cfg.Prefix, cfg.Nodes, cfg.Subnet); err == nil {
+			f.net = nf
+		} else {
+			f.log.Warn("network namespaces unavailable; running the agents on loopback addresses instead", "err", err)
+			f.net, err = newLoopback(cfg.Nodes, cfg.Subnet)
+		}
+	}
+	if err != nil {
 		return nil, err
 	}
 	f.log.Info("starting a private containerd")
@@ -151,7 +181,10 @@ func Start(ctx context.Context, cfg Config) (_ *Fleet, err error) {
 		return nil, err
 	}
 	f.Registry = f.registry.Host
-	bin, err := imagebuild.Build(imagebuild.TestAppDir())
+	if cfg.AppDir == "" {
+		cfg.AppDir = imagebuild.TestAppDir()
+	}
+	bin, err := imagebuild.Build(cfg.AppDir)
 	if err != nil {
 		return nil, err
 	}
@@ -163,9 +196,17 @@ func Start(ctx context.Context, cfg Config) (_ *Fleet, err error) {
 		return nil, err
 	}
 
+	if cfg.SignCommits {
+		if err := f.makeSigner(); err != nil {
+			return nil, err
+		}
+	}
 	f.RepoDir = filepath.Join(cfg.Dir, "repo")
 	f.image = img
 	if err := f.initRepo(); err != nil {
+		return nil, err
+	}
+	if err := f.serveRepo(); err != nil {
 		return nil, err
 	}
 	for i, n := range f.net.Nodes() {
@@ -223,6 +264,19 @@ func (f *Fleet) initRepo() error {
 	return err
 }
 
+// serveRepo serves the spec repository over Git smart HTTP on the host
+// side of the fleet network, where every namespace can reach it.
+func (f *Fleet) serveRepo() error {
+	ln, err := net.Listen("tcp", net.JoinHostPort(f.net.HostAddr(), "0"))
+	if err != nil {
+		return fmt.Errorf("serve repo: %w", err)
+	}
+	f.gitSrv = &http.Server{Handler: githttp.Handler(filepath.Join(f.RepoDir, ".git"), f.log), ReadHeaderTimeout: 10 * time.Second}
+	go f.gitSrv.Serve(ln)
+	f.RepoURL = "http://" + ln.Addr().String() + "/fleet.git"
+	return nil
+}
+
 // rewriteImages points registry.example.com/NAME:TAG at the local
 // registry, pushing the test app under that name.
 func (f *Fleet) rewriteImages(text string) string {
@@ -244,9 +298,40 @@ func (f *Fleet) rewriteImages(text string) string {
 	}
 }
 
+// makeSigner makes the fleet's OpenPGP commit key and writes its public
+// half where --trusted-keys finds it.
+func (f *Fleet) makeSigner() error {
+	e, err := openpgp.NewEntity("Shoal Dev", "fleet", "dev@shoal.local", &packet.Config{Algorithm: packet.PubKeyAlgoEdDSA})
+	if err != nil {
+		return fmt.Errorf("signing key: %w", err)
+	}
+	var buf bytes.Buffer
+	w, err := armor.Encode(&buf, openpgp.PublicKeyType, nil)
+	if err != nil {
+		return err
+	}
+	if err := e.Serialize(w); err != nil {
+		return err
+	}
+	w.Close()
+	f.signer, f.keyring = e, filepath.Join(f.cfg.Dir, "trusted.asc")
+	return os.WriteFile(f.keyring, buf.Bytes(), 0o644)
+}
+
 // Commit writes files (slash paths; empty content deletes) into the
-// repository and commits them. It returns the commit hash.
+// repository and commits them, signed when the fleet signs. It returns the
+// commit hash.
 func (f *Fleet) Commit(msg string, files map[string]string) (string, error) {
+	return f.commit(msg, files, f.signer)
+}
+
+// CommitUnsigned commits without a signature, as an intruder or a
+// misconfigured laptop would.
+func (f *Fleet) CommitUnsigned(msg string, files map[string]string) (string, error) {
+	return f.commit(msg, files, nil)
+}
+
+func (f *Fleet) commit(msg string, files map[string]string, key *openpgp.Entity) (string, error) {
 	wt, err := f.repo.Worktree()
 	if err != nil {
 		return "", err
@@ -268,7 +353,8 @@ func (f *Fleet) Commit(msg string, files map[string]string) (string, error) {
 			return "", err
 		}
 	}
-	h, err := wt.Commit(msg, &git.CommitOptions{AllowEmptyCommits: true, Author: &object.Signature{Name: "Shoal Dev", Email: "dev@shoal.local", When: time.Now()}})
+	h, err := wt.Commit(msg, &git.CommitOptions{AllowEmptyCommits: true, SignKey: key,
+		Author: &object.Signature{Name: "Shoal Dev", Email: "dev@shoal.local", When: time.Now()}})
 	if err != nil {
 		return "", fmt.Errorf("commit: %w", err)
 	}
@@ -299,7 +385,7 @@ func (f *Fleet) StartAgent(i int) error {
 		labels = append(labels, k+"="+v)
 	}
 	args := []string{
-		"agent", "--repo", "file://" + f.RepoDir, "--poll", f.cfg.Poll.String(),
+		"agent", "--repo", f.RepoURL, "--poll", f.cfg.Poll.String(),
 		"--data-dir", n.dataDir, "--node-name", n.Name, "--labels", strings.Join(labels, ","),
 		"--cpu", strconv.FormatFloat(f.cfg.CPU, 'f', -1, 64), "--memory", f.cfg.Memory.String(),
 		"--bind", net.JoinHostPort(n.Addr, "7946"), "--advertise", n.Addr,
@@ -307,7 +393,10 @@ func (f *Fleet) StartAgent(i int) error {
 		"--gossip-key", f.GossipKey, "--containerd", f.daemon.Socket, "--namespace", n.Namespace,
 		"--start-containerd=false", "--insecure-registry", f.Registry,
 		"--api", n.API, "--api-token", f.Token, "--dns", n.DNS, "--ingress", n.Addr,
-		"--webhook-secret", f.WebhookSecret, "--handoff-timeout", "10s",
+		"--webhook-secret", f.WebhookSecret, "--handoff-timeout", "10s", "--port-range", portRange(i),
+	}
+	if f.keyring != "" {
+		args = append(args, "--trusted-keys", f.keyring)
 	}
 	args = append(args, f.cfg.ExtraAgentArgs...)
 	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -374,6 +463,21 @@ func (f *Fleet) KillContainers(ctx context.Context, i int) error {
 	return f.eachTask(ctx, f.nodes[i].Namespace, func(ctx context.Context, c containerd.Container, t containerd.Task) error {
 		return t.Kill(ctx, syscall.SIGKILL)
 	})
+}
+
+// KillSlot kills the task of one slot on node i (SIGKILL), as a crash of
+// the process would. It reports whether it found the task.
+func (f *Fleet) KillSlot(ctx context.Context, i int, service string, slot int) (bool, error) {
+	found := false
+	err := f.eachTask(ctx, f.nodes[i].Namespace, func(ctx context.Context, c containerd.Container, t containerd.Task) error {
+		labels, err := c.Labels(ctx)
+		if err != nil || labels[runtime.LabelService] != service || labels[runtime.LabelSlot] != strconv.Itoa(slot) {
+			return err
+		}
+		found = true
+		return t.Kill(ctx, syscall.SIGKILL)
+	})
+	return found, err
 }
 
 // RemoveContainers stops and deletes every container of node i.
@@ -468,6 +572,9 @@ func (f *Fleet) Close() error {
 	}
 	if f.registry != nil {
 		f.registry.Close()
+	}
+	if f.gitSrv != nil {
+		f.gitSrv.Close()
 	}
 	if f.net != nil {
 		if err := f.net.Close(); err != nil {

@@ -6,7 +6,8 @@
 //	HEALTH        "fail" makes /healthz answer 500 from the start
 //
 // GET /healthz answers 200 while healthy; POST /fail and POST /recover flip
-// it, so a test can make a running instance unhealthy.
+// it, so a test can make a running instance unhealthy. GET /lookup?host=NAME
+// resolves NAME through the container's resolv.conf, one address a line.
 //
 // With no PORT (a cron job has no ports) it runs as a batch task: prints
 // its message and arguments, and exits with EXIT_CODE (default 0).
@@ -14,9 +15,12 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"os"
+	"sort"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -52,6 +56,15 @@ func main() {
 			return
 		}
 		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/lookup", func(w http.ResponseWriter, r *http.Request) {
+		addrs, err := net.DefaultResolver.LookupHost(r.Context(), r.URL.Query().Get("host"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		sort.Strings(addrs)
+		fmt.Fprintln(w, strings.Join(addrs, "\n"))
 	})
 	mux.HandleFunc("POST /fail", func(w http.ResponseWriter, r *http.Request) { unhealthy.Store(true) })
 	mux.HandleFunc("POST /recover", func(w http.ResponseWriter, r *http.Request) { unhealthy.Store(false) })
