@@ -11,11 +11,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -58,8 +58,12 @@ func start(t *testing.T) *harness {
 	f, err := devfleet.Start(context.Background(), devfleet.Config{
 		Nodes: nodes, Prefix: "she2e", Subnet: "10.213.9.0/24", Binary: buildShoal(t), Dir: dir,
 		// A slow poll: pushes must arrive by webhook and announcement.
-		Poll:   10 * time.Second,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Poll: 10 * time.Second,
+		// Trusted keys on: every commit is signed, unless a test says not.
+		SignCommits: true,
+		// Autoscaling shrinks after 3 s of lower traffic, not the default minute.
+		ExtraAgentArgs: []string{"--scale-down-delay", "3s"},
+		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -218,8 +222,10 @@ func service(name string, replicas, port int, image, message string) string {
 	return fmt.Sprintf("name: %s\nimage: %s\nreplicas: %d\nresources: {cpu: 0.1, memory: 32Mi}\nports:\n  - {name: http, port: %d, protocol: http}\nhealth: {http: /healthz, interval: 250ms, timeout: 250ms, healthy_threshold: 1, unhealthy_threshold: 2}\nupdate: {max_surge: 1}\n%s", name, image, replicas, port, env)
 }
 
-func (h *harness) get(node, port int) (string, error) {
-	resp, err := h.http.Get(fmt.Sprintf("http://%s:%d/", h.nodes[node].Addr, port))
+func (h *harness) get(node, port int) (string, error) { return h.getPath(node, port, "/") }
+
+func (h *harness) getPath(node, port int, path string) (string, error) {
+	resp, err := h.http.Get(fmt.Sprintf("http://%s:%d%s", h.nodes[node].Addr, port, path))
 	if err != nil {
 		return "", err
 	}
@@ -237,6 +243,8 @@ type load struct {
 	ok, failed atomic.Int64
 	stop       chan struct{}
 	wg         sync.WaitGroup
+	mu         sync.Mutex
+	errs       []string // the first few failures, for the report
 }
 
 func (h *harness) startLoad(node, port int) *load {
@@ -253,6 +261,11 @@ func (h *harness) startLoad(node, port int) *load {
 				}
 				if _, err := h.get(node, port); err != nil {
 					l.failed.Add(1)
+					l.mu.Lock()
+					if len(l.errs) < 5 {
+						l.errs = append(l.errs, time.Now().Format("15:04:05.000")+" "+err.Error())
+					}
+					l.mu.Unlock()
 				} else {
 					l.ok.Add(1)
 				}
@@ -267,6 +280,13 @@ func (l *load) end() (ok, failed int64) {
 	close(l.stop)
 	l.wg.Wait()
 	return l.ok.Load(), l.failed.Load()
+}
+
+// firstErrors lists the first failures with their times.
+func (l *load) firstErrors() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.errs, "; ")
 }
 
 func percentile(ds []time.Duration, p float64) time.Duration {
@@ -324,20 +344,42 @@ func TestFleet(t *testing.T) {
 			m := new(dns.Msg)
 			m.SetQuestion("web.service.shoal.", dns.TypeA)
 			in, _, err := new(dns.Client).Exchange(m, h.nodes[i].DNS)
-			if err != nil || len(in.Answer) != 3 {
+			if err != nil || len(in.Answer) != len(nodesWith(h.records(i), "web")) {
 				t.Errorf("DNS on node %d: %v %v", i+1, err, in)
 			}
+			// Containers resolve through their node's mesh DNS: the names
+			// of other services, bare (the balancer) and .service.shoal.
+			h.waitFor(10*time.Second, fmt.Sprintf("DNS inside a container via node %d", i+1), func() bool {
+				all, err := h.getPath(i, 8080, "/lookup?host=api.service.shoal")
+				if err != nil || all != strings.Join(nodesWith(h.records(i), "api"), "\n") {
+					t.Logf("api.service.shoal from a container via node %d: %q, %v (retrying)", i+1, all, err)
+					return false
+				}
+				lb, err := h.getPath(i, 8080, "/lookup?host=api")
+				return err == nil && h.isNodeAddr(lb)
+			})
 		}
 	})
 
 	// 2. Push → serving, over 10 pushes that change web.
 	t.Run("push-to-serving", func(t *testing.T) {
 		h.t = t
-		var lat []time.Duration
+		var lat, known []time.Duration
 		for p := 0; p < 10; p++ {
 			msg := fmt.Sprintf("v%d", p)
 			t0 := time.Now()
 			commit := h.push("web "+msg, map[string]string{"web.yaml": service("web", 3, 8080, h.image, msg)})
+			// Every node knows the commit (webhook, fetch, announce, fetch).
+			h.waitFor(30*time.Second, "every node at "+msg, func() bool {
+				for i := range h.nodes {
+					var st nodeStatus
+					if h.api(i, "/v1/status", &st) != nil || st.Revision != commit {
+						return false
+					}
+				}
+				return true
+			})
+			known = append(known, time.Since(t0))
 			h.waitFor(30*time.Second, "web "+msg+" serving", func() bool {
 				if !h.converged(0, commit, "web") {
 					return false
@@ -347,8 +389,8 @@ func TestFleet(t *testing.T) {
 			})
 			lat = append(lat, time.Since(t0))
 		}
-		report("push → all replicas serving (webhook to one node, announce to the rest; 3 replicas replaced): p50 %v, p99 %v over %d pushes",
-			percentile(lat, 0.5).Round(time.Millisecond), percentile(lat, 0.99).Round(time.Millisecond), len(lat))
+		report("push → all replicas serving (webhook to one node, announce to the rest; 3 replicas replaced): p50 %v, p99 %v over %d pushes; of which push → every node at the commit: p50 %v",
+			percentile(lat, 0.5).Round(time.Millisecond), percentile(lat, 0.99).Round(time.Millisecond), len(lat), percentile(known, 0.5).Round(time.Millisecond))
 	})
 
 	// 3. Scale 2 → 5 → 1 by commit, under load through node 1.
@@ -359,10 +401,9 @@ func TestFleet(t *testing.T) {
 			if n == 1 {
 				l = h.startLoad(0, 9090)
 			}
-			commit := h.push(fmt.Sprintf("api x%d", n), map[string]string{"api.yaml": service("api", n, 9090, h.image, "")})
-			_ = commit
+			h.push(fmt.Sprintf("api x%d", n), map[string]string{"api.yaml": service("api", n, 9090, h.image, "")})
 			took := h.waitFor(30*time.Second, fmt.Sprintf("api x%d", n), func() bool {
-				return h.converged(0, "") && len(h.spec().Service("api").Name) > 0 && countHealthy(h.records(0), "api") == n
+				return h.converged(0, "") && countHealthy(h.records(0), "api") == n
 			})
 			if l != nil {
 				time.Sleep(500 * time.Millisecond) // keep the load on past the scale-down
@@ -458,6 +499,58 @@ func TestFleet(t *testing.T) {
 			var st nodeStatus
 			return h.api(0, "/v1/status", &st) == nil && st.Revision == fix && h.converged(0, "")
 		})
+
+		// A valid spec in an unsigned commit is refused just the same:
+		// the agents run with trusted keys.
+		unsigned, err := h.f.CommitUnsigned("unsigned scale-up", map[string]string{"web.yaml": service("web", 5, 8080, h.image, "")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.f.Webhook(0, unsigned)
+		for i := range h.nodes {
+			h.waitFor(20*time.Second, fmt.Sprintf("node %d to refuse the unsigned commit", i+1), func() bool {
+				var st nodeStatus
+				h.api(i, "/v1/status", &st)
+				return strings.Contains(st.Sync.LastError, "not signed") && st.Revision == fix
+			})
+		}
+		if !h.converged(0, "") || countHealthy(h.records(0), "web") != 3 {
+			t.Error("the fleet changed after an unsigned commit")
+		}
+		report("bad commits (invalid spec, unsigned commit): refused by all %d nodes, fleet unchanged", nodes)
+		fix = h.push("signed again", map[string]string{"web.yaml": h.files["web.yaml"]})
+		h.waitFor(30*time.Second, "signed head accepted", func() bool {
+			var st nodeStatus
+			return h.api(0, "/v1/status", &st) == nil && st.Revision == fix && st.Sync.LastError == "" && h.converged(0, "")
+		})
+	})
+
+	// 7. Self-healing: a crashed container is restarted; an instance that
+	// fails its health check leaves DNS and the balancer until it is
+	// healthy again.
+	t.Run("self-healing", func(t *testing.T) {
+		h.t = t
+		h.selfHealing(report)
+	})
+
+	// 8. Autoscaling: traffic through one node's balancer scales a service
+	// up on every node's count; when it stops, the service shrinks back.
+	t.Run("autoscale", func(t *testing.T) {
+		h.t = t
+		busy := service("busy", 1, 5050, h.image, "") + "scale: {min: 1, max: 3, target: 5}\n"
+		commit := h.push("busy autoscales", map[string]string{"busy.yaml": busy})
+		h.waitFor(60*time.Second, "busy running", func() bool { return h.converged(0, commit, "busy") })
+		l := h.startLoad(0, 5050)
+		up := h.waitFor(30*time.Second, "busy scaled up to 3", func() bool { return countHealthy(h.records(0), "busy") == 3 })
+		ok, failed := l.end()
+		down := h.waitFor(60*time.Second, "busy back to 1", func() bool {
+			return countHealthy(h.records(0), "busy") == 1 && h.converged(0, "")
+		})
+		report("autoscale (target 5 new conns/s per replica, max 3): load → 3 replicas in %v (%d ok, %d failed); load gone → 1 replica in %v",
+			up.Round(time.Millisecond), ok, failed, down.Round(time.Millisecond))
+		if failed > 0 {
+			t.Errorf("%d requests failed while scaling up: %s", failed, l.firstErrors())
+		}
 	})
 
 	// 6. Restart every agent in turn: no container restarts.
@@ -499,6 +592,103 @@ func TestFleet(t *testing.T) {
 	})
 }
 
+func (h *harness) selfHealing(report func(string, ...any)) {
+	t := h.t
+	// flaky never restarts, so its health alone decides where traffic goes.
+	flaky := strings.Replace(service("flaky", 2, 6060, h.image, ""), "update:", "restart: {policy: never}\nupdate:", 1)
+	commit := h.push("flaky", map[string]string{"flaky.yaml": flaky})
+	h.waitFor(60*time.Second, "flaky running", func() bool { return h.converged(0, commit, "flaky") })
+
+	// Crash: kill one web instance's process; it comes back in place.
+	var victim shoal.Record
+	for _, r := range h.records(0) {
+		if r.Service == "web" {
+			victim = r
+		}
+	}
+	vi := h.nodeIndex(victim.Node)
+	restarts := func() int {
+		var st nodeStatus
+		h.api(vi, "/v1/status", &st)
+		for _, in := range st.Instances {
+			if in.Service == "web" && in.Index == victim.Slot && in.State == shoal.StateHealthy {
+				return in.Restarts
+			}
+		}
+		return -1
+	}
+	before := restarts()
+	l := h.startLoad((vi+1)%nodes, 8080)
+	found, err := h.f.KillSlot(context.Background(), vi, "web", victim.Slot)
+	if err != nil || !found {
+		t.Fatalf("kill web/%d on %s: found %v, %v", victim.Slot, victim.Node, found, err)
+	}
+	took := h.waitFor(30*time.Second, "the crashed instance restarted and healthy", func() bool { return restarts() > before })
+	ok, failed := l.end()
+	report("crash (kill -9 one web process) → restarted and healthy in %v; load through another node: %d ok, %d failed", took.Round(time.Millisecond), ok, failed)
+
+	// Health: make one flaky instance fail its check through its own port.
+	var sick shoal.Record
+	for _, r := range h.records(0) {
+		if r.Service == "flaky" {
+			sick = r
+		}
+	}
+	srv := func() []string {
+		m := new(dns.Msg)
+		m.SetQuestion("_http._tcp.flaky.service.shoal.", dns.TypeSRV)
+		in, _, err := new(dns.Client).Exchange(m, h.nodes[0].DNS)
+		if err != nil {
+			return nil
+		}
+		var out []string
+		for _, rr := range in.Answer {
+			out = append(out, fmt.Sprintf("%s:%d", rr.(*dns.SRV).Target, rr.(*dns.SRV).Port))
+		}
+		return out
+	}
+	sickSRV := fmt.Sprintf("%s.node.shoal.:%d", sick.Node, sick.Port)
+	served := func(n int) map[string]int {
+		got := map[string]int{}
+		for range n {
+			if body, err := h.get(0, 6060); err == nil {
+				got[body]++
+			}
+		}
+		return got
+	}
+	sickBody := fmt.Sprintf("hello from flaky/%d on %s", sick.Slot, sick.Node)
+	post := func(path string) {
+		resp, err := h.http.Post(fmt.Sprintf("http://%s:%d%s", sick.Addr, sick.Port, path), "text/plain", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	post("/fail")
+	out := h.waitFor(10*time.Second, "the failing instance out of DNS", func() bool {
+		return countHealthy(h.records(0), "flaky") == 1 && len(srv()) == 1 && !slices.Contains(srv(), sickSRV)
+	})
+	if got := served(30); got[sickBody] != 0 || len(got) != 1 {
+		t.Errorf("balancer still sends traffic to the unhealthy instance: %v", got)
+	}
+	post("/recover")
+	back := h.waitFor(10*time.Second, "the instance back in DNS and the balancer", func() bool {
+		return countHealthy(h.records(0), "flaky") == 2 && slices.Contains(srv(), sickSRV) && served(20)[sickBody] > 0
+	})
+	report("health check failing → out of DNS and the balancer in %v; healthy again → back in %v", out.Round(time.Millisecond), back.Round(time.Millisecond))
+}
+
+func (h *harness) nodeIndex(name string) int {
+	for i, n := range h.nodes {
+		if n.Name == name {
+			return i
+		}
+	}
+	h.t.Fatalf("no node %s", name)
+	return -1
+}
+
 // nodeStatus is the part of GET /v1/status the tests read.
 type nodeStatus struct {
 	Revision string `json:"revision"`
@@ -508,7 +698,29 @@ type nodeStatus struct {
 	Instances []shoal.Instance `json:"instances"`
 }
 
-var _ = net.JoinHostPort
+// nodesWith lists, sorted, the addresses of nodes with a healthy instance
+// of svc: what <svc>.service.shoal must answer.
+func nodesWith(rs []shoal.Record, svc string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, r := range rs {
+		if r.Service == svc && r.Healthy && !seen[r.Addr] {
+			seen[r.Addr] = true
+			out = append(out, r.Addr)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (h *harness) isNodeAddr(a string) bool {
+	for _, n := range h.nodes {
+		if n.Addr == a {
+			return true
+		}
+	}
+	return false
+}
 
 func countHealthy(rs []shoal.Record, svc string) int {
 	n := 0
