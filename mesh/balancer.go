@@ -30,7 +30,11 @@ type BalancerConfig struct {
 	LocalNode string
 	// DialTimeout bounds a connection attempt to an instance; default 1s.
 	DialTimeout time.Duration
-	Logger      *slog.Logger
+	// QueueTimeout is how long a connection waits for a healthy instance
+	// when there is none (a replica moving, a record set briefly lost)
+	// before it is closed; default 3s, negative for no wait.
+	QueueTimeout time.Duration
+	Logger       *slog.Logger
 }
 
 // ServiceStats are a service's counters.
@@ -55,6 +59,7 @@ type Balancer struct {
 	active    map[string]*int64 // backend addr:port → open connections
 	stats     map[string]*svcCounters
 	closed    bool
+	done      chan struct{} // closed by Close: queued connections give up
 	wg        sync.WaitGroup
 	conns     map[net.Conn]struct{}
 }
@@ -71,10 +76,13 @@ func NewBalancer(cfg BalancerConfig, src func() []shoal.Record) *Balancer {
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = time.Second
 	}
+	if cfg.QueueTimeout == 0 {
+		cfg.QueueTimeout = 3 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Balancer{cfg: cfg, src: src, log: cfg.Logger, listeners: map[Route]net.Listener{},
+	return &Balancer{cfg: cfg, src: src, log: cfg.Logger, done: make(chan struct{}), listeners: map[Route]net.Listener{},
 		active: map[string]*int64{}, stats: map[string]*svcCounters{}, conns: map[net.Conn]struct{}{}}
 }
 
@@ -129,6 +137,7 @@ func (b *Balancer) Close() error {
 		return nil
 	}
 	b.closed = true
+	close(b.done)
 	for r, ln := range b.listeners {
 		ln.Close()
 		delete(b.listeners, r)
@@ -230,22 +239,7 @@ func (b *Balancer) forward(r Route, client net.Conn) {
 	st.window.add(time.Now())
 	st.mu.Unlock()
 
-	cands := b.candidates(r)
-	var backend net.Conn
-	var addr string
-	// A failed connect tries another instance, up to five.
-	for attempt := 0; attempt < 5 && len(cands) > 0; attempt++ {
-		i := b.pick(cands)
-		addr = backendAddr(cands[i])
-		c, err := net.DialTimeout("tcp", addr, b.cfg.DialTimeout)
-		if err == nil {
-			backend = c
-			break
-		}
-		st.dialFailures.Add(1)
-		b.log.Debug("dial backend", "service", r.Service, "addr", addr, "err", err)
-		cands = append(cands[:i:i], cands[i+1:]...)
-	}
+	backend, addr := b.dial(r, st)
 	if backend == nil {
 		return
 	}
@@ -267,6 +261,48 @@ func (b *Balancer) forward(r Route, client net.Conn) {
 	closeWrite(client)
 	<-done
 }
+
+// dial connects to a healthy instance of r. A failed connect tries another
+// instance, up to five; with none to try, the connection waits in a queue
+// for up to QueueTimeout, so a gap in the records (a replica moving, a
+// peer's records dropped until it is seen again) delays the client
+// instead of failing it.
+func (b *Balancer) dial(r Route, st *svcCounters) (net.Conn, string) {
+	var deadline time.Time
+	for {
+		cands := b.candidates(r)
+		for attempt := 0; attempt < 5 && len(cands) > 0; attempt++ {
+			i := b.pick(cands)
+			addr := backendAddr(cands[i])
+			c, err := net.DialTimeout("tcp", addr, b.cfg.DialTimeout)
+			if err == nil {
+				return c, addr
+			}
+			st.dialFailures.Add(1)
+			b.log.Debug("dial backend", "service", r.Service, "addr", addr, "err", err)
+			cands = append(cands[:i:i], cands[i+1:]...)
+		}
+		now := time.Now()
+		if deadline.IsZero() {
+			if b.cfg.QueueTimeout < 0 {
+				return nil, ""
+			}
+			deadline = now.Add(b.cfg.QueueTimeout)
+		}
+		if now.After(deadline) {
+			b.log.Debug("no healthy instance", "service", r.Service, "port", r.PortName)
+			return nil, ""
+		}
+		select {
+		case <-b.done:
+			return nil, ""
+		case <-time.After(queuePoll):
+		}
+	}
+}
+
+// queuePoll is how often a queued connection looks for an instance again.
+const queuePoll = 50 * time.Millisecond
 
 func closeWrite(c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {

@@ -268,3 +268,64 @@ func TestBalancer(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 }
+
+// TestBalancerQueuesWhileNoInstance: a connection that arrives while a
+// service has no healthy instance waits for one instead of being reset,
+// and gives up after QueueTimeout when none comes.
+func TestBalancerQueuesWhileNoInstance(t *testing.T) {
+	bs := backends(t, 1)
+	var mu sync.Mutex
+	var recs []shoal.Record
+	src := func() []shoal.Record { mu.Lock(); defer mu.Unlock(); return append([]shoal.Record(nil), recs...) }
+	lb := NewBalancer(BalancerConfig{ListenHost: "127.0.0.1", LocalNode: "n1", QueueTimeout: 2 * time.Second, Logger: quiet}, src)
+	t.Cleanup(func() { lb.Close() })
+	port := freeUDPTCPPort(t)
+	lb.SetRoutes([]Route{{Service: "web", PortName: "http", Port: port}})
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+
+	type result struct {
+		body string
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		resp, err := client.Get(url)
+		if err != nil {
+			got <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		got <- result{string(b), err}
+	}()
+	// The request is queued: nothing answers it while there is no record.
+	select {
+	case r := <-got:
+		t.Fatalf("answered with no instance: %q, %v", r.body, r.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	mu.Lock()
+	recs = []shoal.Record{recordFor(bs[0], 0, "n2")}
+	mu.Unlock()
+	select {
+	case r := <-got:
+		if r.err != nil || r.body != "b0" {
+			t.Fatalf("queued request: %q, %v", r.body, r.err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("queued request not forwarded once an instance appeared")
+	}
+
+	// With none ever coming, the wait is bounded.
+	mu.Lock()
+	recs = nil
+	mu.Unlock()
+	t0 := time.Now()
+	if _, err := client.Get(url); err == nil {
+		t.Fatal("a request with no instance succeeded")
+	}
+	if took := time.Since(t0); took < 1500*time.Millisecond || took > 4*time.Second {
+		t.Errorf("gave up after %v, want about the 2s queue timeout", took)
+	}
+}

@@ -68,7 +68,7 @@ func (r *Runtime) probe(ctx context.Context, cs map[string]*container) {
 			st = &probeState{}
 			r.health[id] = st
 		}
-		if now.Sub(st.lastRun) < healthOf(svc).Interval.D() {
+		if now.Sub(st.lastRun) < probeEvery(*healthOf(svc), st.state, ct.started, now) {
 			continue
 		}
 		st.lastRun = now
@@ -94,6 +94,21 @@ func (r *Runtime) probe(ctx context.Context, cs map[string]*container) {
 		}()
 	}
 	wg.Wait()
+}
+
+// startProbe is how often a new instance is checked until it first passes,
+// within its start grace: its first pass puts it in service, so a 10 s
+// interval must not mean 10 s from start to traffic. Failures in the grace
+// do not count, so checking often cannot fail an instance sooner.
+const startProbe = 100 * time.Millisecond
+
+// probeEvery is the time between checks of an instance in state st.
+func probeEvery(h shoal.Health, st HealthState, startedAt, now time.Time) time.Duration {
+	every := h.Interval.D()
+	if !st.Passed && now.Sub(startedAt) < h.Grace.D() {
+		every = min(every, startProbe)
+	}
+	return every
 }
 
 // check runs one health check against a container.

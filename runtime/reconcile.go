@@ -104,11 +104,13 @@ func Reconcile(desired []Desired, observed []Observed, now time.Time) Actions {
 		case so == nil:
 			a.Start = append(a.Start, d)
 		case so.cur == nil:
-			// Replace the best old copy (a running, healthy one first);
-			// any others go now.
+			// Replace the best old copy — serving, and of those the one
+			// ready most recently (pushes faster than min_healthy_time
+			// leave several generations) — any others go now.
 			best := 0
 			for i, o := range so.olds {
-				if serving(o) && !serving(so.olds[best]) {
+				b := so.olds[best]
+				if serving(o) && (!serving(b) || o.ReadySince.After(b.ReadySince)) {
 					best = i
 				}
 			}

@@ -155,3 +155,28 @@ func TestNextHealth(t *testing.T) {
 		})
 	}
 }
+
+// TestReconcileKeepsNewestOldCopy: pushes faster than min_healthy_time
+// leave two older generations of a slot; the next definition surges beside
+// the one that became ready last, and the older one goes.
+func TestReconcileKeepsNewestOldCopy(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	v1 := shoal.Service{Name: "web", Image: "img:1", Update: shoal.UpdateStrategy{MaxSurge: 1, MinHealthyTime: shoal.Duration(5 * time.Second)}}
+	v2, v3 := v1, v1
+	v2.Image, v3.Image = "img:2", "img:3"
+	slot := shoal.Slot{Service: "web", Index: 0}
+	for _, order := range [][]int{{0, 1}, {1, 0}} {
+		gens := []Observed{
+			{ID: "gen1", Slot: slot, SpecHash: v1.Hash(), Running: true, ReadySince: t0},
+			{ID: "gen2", Slot: slot, SpecHash: v2.Hash(), Running: true, ReadySince: t0.Add(2 * time.Second)},
+		}
+		observed := []Observed{gens[order[0]], gens[order[1]]}
+		a := Reconcile([]Desired{{slot, v3}}, observed, t0.Add(3*time.Second))
+		if len(a.Replace) != 1 || a.Replace[0].Old.ID != "gen2" || !a.Replace[0].Surge {
+			t.Errorf("order %v: replace %+v, want a surge beside gen2", order, a.Replace)
+		}
+		if len(a.Stop) != 1 || a.Stop[0].ID != "gen1" {
+			t.Errorf("order %v: stop %+v, want gen1", order, a.Stop)
+		}
+	}
+}
