@@ -1,0 +1,302 @@
+package runtime_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/cio"
+	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/oci"
+	"github.com/containerd/containerd/remotes/docker"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/shoal-run/shoal"
+	"github.com/shoal-run/shoal/internal/ctrtest"
+	"github.com/shoal-run/shoal/runtime"
+)
+
+// Issue #5: converging replicas from nothing through the runtime should
+// cost at most 1.2× a plain loop of containerd client calls doing the same
+// work. Both benchmarks below start each iteration from the same state
+// (the image pulled and unpacked in benchNS, no containers), stop the
+// clock once containerd runs all benchReplicas tasks, and tear down with
+// the clock stopped. bench/runtime.sh runs them and compares.
+const (
+	benchNS       = "bench-converge"
+	benchReplicas = 20
+	// benchParallel is the runtime's default bound on concurrent container
+	// operations (Config.Parallel); the plain loop uses as many workers.
+	benchParallel = 4
+	// Host ports: the runtime tests use 22000-27999.
+	benchRuntimePorts = 28000 // the runtime's range, 200 ports
+	benchPlainPorts   = 28200 // the plain loop's, one per replica
+)
+
+// BenchmarkConvergeRuntime measures SetDesired of benchReplicas replicas
+// until the runtime's snapshot (Instances) shows every one with a running
+// task. The runtime runs as the agent runs it: Run with the default
+// interval and parallelism, started with the clock stopped.
+func BenchmarkConvergeRuntime(b *testing.B) {
+	client := benchEnv(b)
+	svc := web(benchReplicas, nil)
+	want := desired(svc)
+	for b.Loop() {
+		b.StopTimer()
+		rt, stop := startBenchRuntime(b)
+		b.StartTimer()
+
+		rt.SetDesired("bench", want)
+		waitAllRunning(b, rt, benchReplicas)
+
+		b.StopTimer()
+		stop()
+		removeBenchContainers(b, client)
+		b.StartTimer()
+	}
+}
+
+// BenchmarkConvergePlainLoop does by hand what the runtime does per
+// replica — create the container with an equivalent OCI spec (image
+// config, the agent's network namespace, the same env, labels and limits,
+// host hosts and resolv.conf), create its task logging to a file, start it
+// — with benchParallel workers, and stops the clock once containerd
+// reports every task running.
+func BenchmarkConvergePlainLoop(b *testing.B) {
+	client := benchEnv(b)
+	svc := web(benchReplicas, nil)
+	ctx := ctrCtx(benchNS)
+	netns := fmt.Sprintf("/proc/%d/ns/net", os.Getpid())
+	iter := 0
+	for b.Loop() {
+		b.StopTimer()
+		iter++
+		logDir := b.TempDir()
+		b.StartTimer()
+
+		img, err := client.GetImage(ctx, appRef)
+		if err != nil {
+			b.Fatal(err)
+		}
+		hash := svc.Hash()
+		jobs := make(chan int)
+		errs := make(chan error, benchReplicas)
+		var wg sync.WaitGroup
+		for range benchParallel {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range jobs {
+					errs <- plainStart(ctx, client, img, svc, hash, netns, logDir, iter, i)
+				}
+			}()
+		}
+		for i := range benchReplicas {
+			jobs <- i
+		}
+		close(jobs)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+
+		b.StopTimer()
+		removeBenchContainers(b, client)
+		b.StartTimer()
+	}
+}
+
+// plainStart creates and starts replica i the way runtime.start does,
+// without the runtime's bookkeeping, and checks its task runs.
+func plainStart(ctx context.Context, client *containerd.Client, img containerd.Image, svc shoal.Service, hash, netns, logDir string, iter, i int) error {
+	id := fmt.Sprintf("plain-%s-%d-%d", svc.Name, i, iter)
+	port := benchPlainPorts + i
+	portJSON, _ := json.Marshal(map[string]int{svc.Ports[0].Name: port})
+	labels := map[string]string{
+		runtime.LabelService: svc.Name, runtime.LabelSlot: strconv.Itoa(i),
+		runtime.LabelSpecHash: hash, runtime.LabelRevision: "bench", runtime.LabelNode: "n1",
+		runtime.LabelPorts: string(portJSON), runtime.LabelImage: svc.Image,
+		"shoal.started": time.Now().UTC().Format(time.RFC3339Nano),
+	}
+	env := []string{
+		"SHOAL_SERVICE=" + svc.Name, "SHOAL_SLOT=" + strconv.Itoa(i), "SHOAL_NODE=n1",
+		"PORT=" + strconv.Itoa(port), "SHOAL_PORT_HTTP=" + strconv.Itoa(port),
+	}
+	const period = 100000
+	c, err := client.NewContainer(ctx, id,
+		containerd.WithImage(img),
+		containerd.WithNewSnapshot(id, img),
+		containerd.WithContainerLabels(labels),
+		containerd.WithNewSpec(
+			oci.WithImageConfig(img),
+			oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: netns}),
+			oci.WithEnv(env),
+			oci.WithHostHostsFile,
+			oci.WithMemoryLimit(uint64(svc.Resources.Memory)),
+			oci.WithCPUCFS(int64(svc.Resources.CPU*period), period),
+			oci.WithHostResolvconf,
+		),
+	)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", id, err)
+	}
+	task, err := c.NewTask(ctx, cio.LogFile(filepath.Join(logDir, fmt.Sprintf("%s-%d.log", svc.Name, i))))
+	if err != nil {
+		return fmt.Errorf("create task %s: %w", id, err)
+	}
+	if err := task.Start(ctx); err != nil {
+		return fmt.Errorf("start task %s: %w", id, err)
+	}
+	st, err := task.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("status %s: %w", id, err)
+	}
+	if st.Status != containerd.Running {
+		return fmt.Errorf("task %s is %s, want running", id, st.Status)
+	}
+	return nil
+}
+
+// setupBench is setup for benchmarks: the package's one containerd and
+// registry, shared with the tests.
+func setupBench(b *testing.B) {
+	b.Helper()
+	env.Do(func() {
+		et := &envT{TB: b}
+		defer func() {
+			if r := recover(); r != nil {
+				envErr = fmt.Errorf("%v", r)
+			}
+		}()
+		socket = ctrtest.Containerd(et)
+		reg = ctrtest.NewRegistry(et)
+		appRef = reg.PushTestApp(et, "shoal/testapp:1")
+		envStop = func() {
+			for i := len(et.cleanups) - 1; i >= 0; i-- {
+				et.cleanups[i]()
+			}
+		}
+	})
+	if envErr != nil || socket == "" {
+		b.Fatalf("test environment: %v", envErr)
+	}
+}
+
+// benchEnv returns a client of the shared containerd with the test image
+// pulled and unpacked in benchNS and no containers there: the state every
+// iteration of both benchmarks starts from.
+func benchEnv(b *testing.B) *containerd.Client {
+	b.Helper()
+	setupBench(b)
+	client, err := containerd.New(socket)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		removeBenchContainers(b, client)
+		client.Close()
+	})
+	ctx := ctrCtx(benchNS)
+	if _, err := client.GetImage(ctx, appRef); errdefs.IsNotFound(err) {
+		resolver := docker.NewResolver(docker.ResolverOptions{
+			Hosts: docker.ConfigureDefaultRegistries(docker.WithPlainHTTP(docker.MatchLocalhost)),
+		})
+		if _, err := client.Pull(ctx, appRef, containerd.WithPullUnpack, containerd.WithResolver(resolver)); err != nil {
+			b.Fatalf("pull %s: %v", appRef, err)
+		}
+	} else if err != nil {
+		b.Fatal(err)
+	}
+	removeBenchContainers(b, client)
+	return client
+}
+
+// startBenchRuntime starts a runtime on benchNS as the agent does (default
+// interval and parallelism) and returns it with its stop function.
+func startBenchRuntime(b *testing.B) (*runtime.Runtime, func()) {
+	b.Helper()
+	rt, err := runtime.New(context.Background(), runtime.Config{
+		Socket: socket, Namespace: benchNS, DataDir: b.TempDir(), NodeName: "n1",
+		PortLow: benchRuntimePorts, PortHigh: benchRuntimePorts + 199, Parallel: benchParallel,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { rt.Run(ctx); close(done) }()
+	// Let Run's first round (nothing desired yet, nothing found) finish,
+	// so the clock starts on an idle runtime.
+	time.Sleep(100 * time.Millisecond)
+	return rt, func() { cancel(); <-done; rt.Close() }
+}
+
+// waitAllRunning waits until the runtime's snapshot shows n instances,
+// each with a container whose task runs (starting or healthy).
+func waitAllRunning(b *testing.B, rt *runtime.Runtime, n int) {
+	b.Helper()
+	timeout := time.After(2 * time.Minute)
+	for {
+		ins := rt.Instances()
+		running := 0
+		for _, in := range ins {
+			if in.ContainerID != "" && (in.State == shoal.StateStarting || in.State == shoal.StateHealthy) {
+				running++
+			}
+		}
+		if running == n && len(ins) == n {
+			return
+		}
+		select {
+		case <-rt.Changes():
+		case <-timeout:
+			b.Fatalf("timed out waiting for %d running instances: %+v", n, ins)
+		}
+	}
+}
+
+// removeBenchContainers kills and deletes every container of benchNS, with
+// their snapshots, and gives containerd a moment to collect them.
+func removeBenchContainers(b *testing.B, client *containerd.Client) {
+	b.Helper()
+	ctx := ctrCtx(benchNS)
+	cs, err := client.Containers(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if len(cs) == 0 {
+		return
+	}
+	sem := make(chan struct{}, benchParallel)
+	var wg sync.WaitGroup
+	for _, c := range cs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if task, err := c.Task(ctx, nil); err == nil {
+				task.Delete(ctx, containerd.WithProcessKill)
+			}
+			c.Delete(ctx, containerd.WithSnapshotCleanup)
+		}()
+	}
+	wg.Wait()
+	if cs, err := client.Containers(ctx); err != nil || len(cs) != 0 {
+		b.Fatalf("containers left in %s: %d (%v)", benchNS, len(cs), err)
+	}
+	time.Sleep(250 * time.Millisecond)
+}
