@@ -154,10 +154,18 @@ func (r *Runtime) check(ctx context.Context, ct *container, svc shoal.Service) b
 
 // execCheck runs a command inside the container and wants exit code 0.
 func (r *Runtime) execCheck(ctx context.Context, ct *container, argv []string) error {
-	if ct.task == nil {
+	if !ct.hasTask {
 		return fmt.Errorf("no task")
 	}
-	spec, err := ct.c.Spec(ctx)
+	c, err := ct.handle(ctx)
+	if err != nil {
+		return err
+	}
+	task, err := ct.taskHandle(ctx)
+	if err != nil {
+		return err
+	}
+	spec, err := c.Spec(ctx)
 	if err != nil {
 		return err
 	}
@@ -165,7 +173,7 @@ func (r *Runtime) execCheck(ctx context.Context, ct *container, argv []string) e
 	pspec.Args = argv
 	pspec.Terminal = false
 	id := fmt.Sprintf("health-%d", time.Now().UnixNano())
-	proc, err := ct.task.Exec(ctx, id, (*specs.Process)(&pspec), cio.NullIO)
+	proc, err := task.Exec(ctx, id, (*specs.Process)(&pspec), cio.NullIO)
 	if err != nil {
 		return err
 	}

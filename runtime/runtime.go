@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/api/services/tasks/v1"
+	apitask "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/cio"
 	"github.com/containerd/containerd/containers"
 	"github.com/containerd/containerd/errdefs"
@@ -320,45 +322,90 @@ func (r *Runtime) checked(o Observed, desired []Desired) bool {
 	return false
 }
 
-// container is what observe learns of one containerd container.
+// container is what observe learns of one containerd container. The
+// client handles are loaded only when an action needs them: observing
+// runs several times a second and costs two list calls.
 type container struct {
-	c        containerd.Container
+	client   *containerd.Client
+	id       string
 	labels   map[string]string
-	task     containerd.Task
+	hasTask  bool
 	status   containerd.ProcessStatus
 	exit     uint32
 	exitedAt time.Time
 	started  time.Time
+
+	c    containerd.Container
+	task containerd.Task
 }
 
+// handle loads the container's client handle.
+func (ct *container) handle(ctx context.Context) (containerd.Container, error) {
+	if ct.c == nil {
+		c, err := ct.client.LoadContainer(ctx, ct.id)
+		if err != nil {
+			return nil, fmt.Errorf("load %s: %w", ct.id, err)
+		}
+		ct.c = c
+	}
+	return ct.c, nil
+}
+
+// taskHandle loads the container's task; errdefs.ErrNotFound without one.
+func (ct *container) taskHandle(ctx context.Context) (containerd.Task, error) {
+	if ct.task == nil {
+		c, err := ct.handle(ctx)
+		if err != nil {
+			return nil, err
+		}
+		t, err := c.Task(ctx, nil)
+		if err != nil {
+			return nil, err
+		}
+		ct.task = t
+	}
+	return ct.task, nil
+}
+
+// observe lists this namespace's Shoal containers and their tasks: two
+// calls to containerd whatever the number of containers (loading each
+// container and task handle would be four per container).
 func (r *Runtime) observe(ctx context.Context) ([]Observed, map[string]*container, error) {
-	list, err := r.client.Containers(ctx, fmt.Sprintf(`labels.%q`, LabelService))
+	list, err := r.client.ContainerService().List(ctx, fmt.Sprintf(`labels.%q`, LabelService))
 	if err != nil {
 		return nil, nil, fmt.Errorf("list containers: %w", err)
+	}
+	resp, err := r.client.TaskService().List(ctx, &tasks.ListTasksRequest{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list tasks: %w", err)
+	}
+	procs := map[string]*apitask.Process{}
+	for _, p := range resp.Tasks {
+		id := p.ContainerID
+		if id == "" {
+			id = p.ID
+		}
+		procs[id] = p
 	}
 	var obs []Observed
 	found := map[string]*container{}
 	for _, c := range list {
-		labels, err := c.Labels(ctx)
-		if err != nil {
-			continue // removed meanwhile
-		}
+		labels := c.Labels
 		idx, err := strconv.Atoi(labels[LabelSlot])
 		if err != nil {
 			continue
 		}
-		ct := &container{c: c, labels: labels, status: containerd.Stopped}
-		if info, err := c.Info(ctx); err == nil {
-			ct.started = info.CreatedAt
-		}
-		if task, err := c.Task(ctx, nil); err == nil {
-			ct.task = task
-			if st, err := task.Status(ctx); err == nil {
-				ct.status, ct.exit, ct.exitedAt = st.Status, st.ExitStatus, st.ExitTime
+		ct := &container{client: r.client, id: c.ID, labels: labels, status: containerd.Stopped, started: c.CreatedAt}
+		if p := procs[c.ID]; p != nil {
+			ct.hasTask = true
+			ct.status = containerd.ProcessStatus(strings.ToLower(p.Status.String()))
+			ct.exit = p.ExitStatus
+			if p.ExitedAt != nil {
+				ct.exitedAt = p.ExitedAt.AsTime()
 			}
 		}
-		found[c.ID()] = ct
-		o := Observed{ID: c.ID(), Slot: shoal.Slot{Service: labels[LabelService], Index: idx}, SpecHash: labels[LabelSpecHash]}
+		found[c.ID] = ct
+		o := Observed{ID: c.ID, Slot: shoal.Slot{Service: labels[LabelService], Index: idx}, SpecHash: labels[LabelSpecHash]}
 		switch ct.status {
 		case containerd.Running, containerd.Pausing, containerd.Paused:
 			o.Running = true
@@ -554,9 +601,15 @@ func (r *Runtime) restart(ctx context.Context, ct *container, o Observed) error 
 	r.failures[o.Slot] = f
 	delete(r.health, o.ID)
 	r.mu.Unlock()
-	if ct.task != nil {
-		if err := stopTask(ctx, ct.task, 5*time.Second); err != nil {
+	if ct.hasTask {
+		task, err := ct.taskHandle(ctx)
+		if err != nil && !errdefs.IsNotFound(err) {
 			return err
+		}
+		if err == nil {
+			if err := stopTask(ctx, task, 5*time.Second); err != nil {
+				return err
+			}
 		}
 	}
 	why := fmt.Sprintf("exit code %d", o.ExitCode)
@@ -566,7 +619,11 @@ func (r *Runtime) restart(ctx context.Context, ct *container, o Observed) error 
 	// A container made by an earlier agent process joins that process's
 	// network namespace by /proc path, gone once it exited: recreate it in
 	// this agent's namespace.
-	if spec, err := ct.c.Spec(ctx); err == nil && spec.Linux != nil {
+	c, err := ct.handle(ctx)
+	if err != nil {
+		return err
+	}
+	if spec, err := c.Spec(ctx); err == nil && spec.Linux != nil {
 		for _, ns := range spec.Linux.Namespaces {
 			if ns.Type == specs.NetworkNamespace && ns.Path != r.cfg.NetNS {
 				r.log.Info("recreating: made by an earlier agent process", "slot", o.Slot.String(), "container", o.ID)
@@ -584,10 +641,6 @@ func (r *Runtime) restart(ctx context.Context, ct *container, o Observed) error 
 		}
 	}
 	r.log.Info("restarting", "slot", o.Slot.String(), "container", o.ID, "why", why, "failures", f.count)
-	c, err := r.client.LoadContainer(ctx, o.ID)
-	if err != nil {
-		return fmt.Errorf("load %s: %w", o.ID, err)
-	}
 	return r.startTask(ctx, c, o.Slot)
 }
 
@@ -619,20 +672,26 @@ func (r *Runtime) remove(ctx context.Context, ct *container) error {
 	if ct == nil {
 		return nil
 	}
-	if task, err := ct.c.Task(ctx, nil); err == nil {
+	c, err := ct.handle(ctx)
+	if errdefs.IsNotFound(err) {
+		return nil // removed meanwhile
+	} else if err != nil {
+		return err
+	}
+	if task, err := ct.taskHandle(ctx); err == nil {
 		if err := stopTask(ctx, task, 5*time.Second); err != nil {
 			return err
 		}
 	}
-	if err := ct.c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
-		return fmt.Errorf("delete %s: %w", ct.c.ID(), err)
+	if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("delete %s: %w", ct.id, err)
 	}
 	r.mu.Lock()
-	delete(r.health, ct.c.ID())
+	delete(r.health, ct.id)
 	r.mu.Unlock()
-	r.ports.release(ct.c.ID())
+	r.ports.release(ct.id)
 	if ct.labels != nil {
-		r.log.Info("stopped", "container", ct.c.ID())
+		r.log.Info("stopped", "container", ct.id)
 	}
 	return nil
 }
