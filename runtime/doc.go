@@ -19,8 +19,9 @@
 //
 // Containers join the agent's network namespace (host networking) and get
 // node-local host ports in PORT and SHOAL_PORT_<NAME>. Output goes straight
-// from the shim to a log file per slot (cio.LogFile), rotated at restart
-// past a size cap. Instances reports what runs, for the mesh to publish.
+// from the shim to a log file per slot (cio.LogFile), rotated past a size
+// cap while it runs (copy and truncate) and at restart. Instances reports
+// what runs, for the mesh to publish.
 //
 // StartDaemon starts a private containerd (own config, root, state and
 // socket) for machines that only have the packages installed, and for

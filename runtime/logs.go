@@ -3,8 +3,10 @@ package runtime
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -32,6 +34,39 @@ func rotate(path string, max int64) {
 	}
 }
 
+// truncateLarge keeps the log of a running container under max bytes. The
+// shim holds the file open in append mode, so the file cannot be renamed
+// away; like logrotate's copytruncate, it copies the content to path.1 and
+// truncates in place, and the shim's next write lands at the new end.
+// Lines written between the copy and the truncation are lost.
+func truncateLarge(path string, max int64) error {
+	st, err := os.Stat(path)
+	if err != nil || st.Size() <= max {
+		return nil
+	}
+	src, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".rotating-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := io.Copy(tmp, src); err != nil {
+		tmp.Close()
+		return fmt.Errorf("copy %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path+".1"); err != nil {
+		return err
+	}
+	return os.Truncate(path, 0)
+}
+
 // follower reads a file and, at its end, waits for more until closed.
 type follower struct {
 	f      *os.File
@@ -46,6 +81,13 @@ func (fl *follower) Read(p []byte) (int, error) {
 		n, err := fl.f.Read(p)
 		if n > 0 || (err != nil && err != io.EOF) {
 			return n, err
+		}
+		// Truncated by rotation: go on from the new start.
+		if off, err := fl.f.Seek(0, io.SeekCurrent); err == nil {
+			if st, err := fl.f.Stat(); err == nil && st.Size() < off {
+				fl.f.Seek(0, io.SeekStart)
+				continue
+			}
 		}
 		fl.mu.Lock()
 		closed := fl.closed

@@ -302,6 +302,11 @@ func (r *Runtime) Step(ctx context.Context) error {
 	r.mu.Unlock()
 	acts := Reconcile(desired, observed, r.cfg.Now())
 	r.execute(ctx, acts, revision, containers)
+	for _, d := range desired {
+		if err := truncateLarge(r.logPath(d.Slot), r.cfg.LogMaxBytes); err != nil {
+			r.log.Warn("rotate log", "slot", d.Slot.String(), "err", err)
+		}
+	}
 	if now := r.cfg.Now(); now.Sub(r.lastGC) >= 10*r.cfg.Interval {
 		r.lastGC = now
 		if err := r.collectImages(ctx, desired); err != nil {

@@ -1,6 +1,7 @@
 package runtime_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -505,5 +506,69 @@ func TestLogs(t *testing.T) {
 	})
 	if _, err := rt.Logs(shoal.Slot{Service: "nope", Index: 0}, false); err == nil {
 		t.Error("logs of an unknown slot: want error")
+	}
+}
+
+// TestLogsRotateWhileRunning: a container that writes past the log cap
+// keeps running; its log is moved to .1 and starts again, and a follower
+// goes on reading the new output.
+func TestLogsRotateWhileRunning(t *testing.T) {
+	var dir string
+	rt, _ := newRuntime(t, "t-logrot", func(c *runtime.Config) { c.LogMaxBytes = 8 << 10; dir = c.DataDir })
+	rt.SetDesired("rev1", desired(web(1, nil)))
+	waitFor(t, 30*time.Second, "healthy", healthy(rt, 1))
+	before := rt.Instances()[0]
+	slot := shoal.Slot{Service: "web", Index: 0}
+	follow, err := rt.Logs(slot, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer follow.Close()
+	lines := make(chan string, 1024)
+	go func() {
+		sc := bufio.NewScanner(follow)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+
+	post := func(path string) {
+		resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d%s", before.Ports["http"], path), "text/plain", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	post("/log?n=64000")
+	logFile := filepath.Join(dir, "logs", "web-0.log")
+	waitFor(t, 10*time.Second, "the log rotated", func() bool {
+		old, err1 := os.Stat(logFile + ".1")
+		cur, err2 := os.Stat(logFile)
+		return err1 == nil && err2 == nil && old.Size() > 8<<10 && cur.Size() <= 8<<10
+	})
+	// Output after the rotation reaches the file and the follower.
+	for drained := false; !drained; {
+		select {
+		case <-lines:
+		case <-time.After(500 * time.Millisecond):
+			drained = true
+		}
+	}
+	post("/log?n=100")
+	waitFor(t, 10*time.Second, "new output in the rotated log", func() bool {
+		b, err := os.ReadFile(logFile)
+		return err == nil && strings.Contains(string(b), "xxxx") && len(b) < 8<<10
+	})
+	select {
+	case l, ok := <-lines:
+		if !ok || !strings.HasPrefix(l, "xxxx") {
+			t.Fatalf("follower after rotation: %q (open %v)", l, ok)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the follower saw nothing written after the rotation")
+	}
+	if after := rt.Instances()[0]; after.ContainerID != before.ContainerID || after.Restarts != 0 {
+		t.Errorf("container restarted while its log rotated: %+v", after)
 	}
 }

@@ -66,6 +66,14 @@ func main() {
 		sort.Strings(addrs)
 		fmt.Fprintln(w, strings.Join(addrs, "\n"))
 	})
+	mux.HandleFunc("POST /log", func(w http.ResponseWriter, r *http.Request) {
+		// Write about n bytes of output, for log rotation tests.
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		line := strings.Repeat("x", 99)
+		for i := 0; i < n; i += 100 {
+			fmt.Println(line)
+		}
+	})
 	mux.HandleFunc("POST /fail", func(w http.ResponseWriter, r *http.Request) { unhealthy.Store(true) })
 	mux.HandleFunc("POST /recover", func(w http.ResponseWriter, r *http.Request) { unhealthy.Store(false) })
 	fmt.Printf("testapp listening on :%s\n", port)
