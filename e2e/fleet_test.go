@@ -11,10 +11,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -25,6 +27,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 
 	"github.com/shoal-run/shoal"
 	"github.com/shoal-run/shoal/internal/devfleet"
@@ -249,6 +252,80 @@ func service(name string, replicas, port int, image, message string) string {
 
 func (h *harness) get(node, port int) (string, error) { return h.getPath(node, port, "/") }
 
+// lastMessage is what web answers with at the last commit.
+func (h *harness) lastMessage() string {
+	f := h.files["web.yaml"]
+	if i := strings.Index(f, "MESSAGE: \""); i >= 0 {
+		rest := f[i+len("MESSAGE: \""):]
+		return rest[:strings.Index(rest, "\"")]
+	}
+	return ""
+}
+
+// getInside fetches / on port through node i's own balancer from inside
+// its network namespace, which a cut node is still reachable from.
+func (h *harness) getInside(i, port int) (string, error) {
+	n := h.nodes[i]
+	client := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return dialIn(n.NSPath, addr)
+		},
+	}}
+	resp, err := client.Get(fmt.Sprintf("http://%s:%d/", n.Addr, port))
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return "", fmt.Errorf("status %s", resp.Status)
+	}
+	return strings.TrimSpace(string(b)), err
+}
+
+// dialIn connects from inside a network namespace: a socket belongs to the
+// namespace of the thread that made it, so a locked thread switches in,
+// makes it, and switches back.
+func dialIn(nsPath, addr string) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		goruntime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			goruntime.UnlockOSThread()
+			ch <- result{nil, err}
+			return
+		}
+		defer orig.Close()
+		target, err := os.Open(nsPath)
+		if err != nil {
+			goruntime.UnlockOSThread()
+			ch <- result{nil, err}
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			goruntime.UnlockOSThread()
+			ch <- result{nil, fmt.Errorf("setns %s: %w", nsPath, err)}
+			return
+		}
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		// A thread that cannot switch back stays locked, and the runtime
+		// discards it when this goroutine ends.
+		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
+			goruntime.UnlockOSThread()
+		}
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
+}
+
 func (h *harness) getPath(node, port int, path string) (string, error) {
 	resp, err := h.http.Get(fmt.Sprintf("http://%s:%d%s", h.nodes[node].Addr, port, path))
 	if err != nil {
@@ -273,6 +350,11 @@ type load struct {
 }
 
 func (h *harness) startLoad(node, port int) *load {
+	return startLoadFn(func() error { _, err := h.get(node, port); return err })
+}
+
+// startLoadFn runs get in two loops until stopped, counting failures.
+func startLoadFn(get func() error) *load {
 	l := &load{stop: make(chan struct{})}
 	for w := 0; w < 2; w++ {
 		l.wg.Add(1)
@@ -284,7 +366,7 @@ func (h *harness) startLoad(node, port int) *load {
 					return
 				default:
 				}
-				if _, err := h.get(node, port); err != nil {
+				if err := get(); err != nil {
 					l.failed.Add(1)
 					l.mu.Lock()
 					if len(l.errs) < 5 {
@@ -483,7 +565,23 @@ func TestFleet(t *testing.T) {
 		h.waitFor(20*time.Second, "the majority to serve without the cut node", func() bool {
 			return len(h.alive(0)) == nodes-1 && h.converged(0, "")
 		})
-		time.Sleep(30 * time.Second) // the partition lasts
+		// The cut node serves too: its balancer, asked from inside its
+		// namespace, reaches the copies it started of every slot.
+		inside := func() error {
+			body, err := h.getInside(cut, 8080)
+			if err == nil && !strings.HasPrefix(body, "hello from web/") && body != h.lastMessage() {
+				err = fmt.Errorf("unexpected answer %q", body)
+			}
+			return err
+		}
+		alone := h.waitFor(20*time.Second, "the cut node to serve on its own", func() bool { return inside() == nil })
+		minority := startLoadFn(inside)
+		time.Sleep(30*time.Second - alone) // the partition lasts 30 s
+		mok, mfailed := minority.end()
+		report("partition, cut side: serving alone after %v, then %d requests ok, %d failed", alone.Round(time.Millisecond), mok, mfailed)
+		if mfailed > 4 {
+			t.Errorf("%d requests failed on the cut node: %s", mfailed, minority.firstErrors())
+		}
 		if err := h.f.Heal(cut); err != nil {
 			t.Fatal(err)
 		}
@@ -587,7 +685,7 @@ func TestFleet(t *testing.T) {
 	// 6. Restart every agent in turn: no container restarts.
 	t.Run("agent-restart", func(t *testing.T) {
 		h.t = t
-		var okAll, failedAll int64
+		var okAll, failedAll, dnsOK, dnsShort int64
 		for i := range h.nodes {
 			// Load through a node that is not the one restarting: a node's
 			// own balancer is down while its agent restarts.
@@ -600,6 +698,19 @@ func TestFleet(t *testing.T) {
 				return h.converged(0, "") && h.api(i, "/v1/status", &before) == nil &&
 					len(before.Instances) == len(plan.ForNode(h.nodes[i].Name))
 			})
+			// DNS on another node keeps naming every node with web, the
+			// restarting one included: its records outlive the restart.
+			other := h.nodes[(i+1)%nodes].DNS
+			want := len(nodesWith(h.records((i+1)%nodes), "web"))
+			dnsLoad := startLoadFn(func() error {
+				m := new(dns.Msg)
+				m.SetQuestion("web.service.shoal.", dns.TypeA)
+				in, _, err := new(dns.Client).Exchange(m, other)
+				if err == nil && len(in.Answer) != want {
+					err = fmt.Errorf("%d A records, want %d", len(in.Answer), want)
+				}
+				return err
+			})
 			h.f.StopAgent(i)
 			if err := h.f.StartAgent(i); err != nil {
 				t.Fatal(err)
@@ -609,6 +720,11 @@ func TestFleet(t *testing.T) {
 			})
 			ok, failed := l.end()
 			okAll, failedAll = okAll+ok, failedAll+failed
+			dok, dshort := dnsLoad.end()
+			dnsOK, dnsShort = dnsOK+dok, dnsShort+dshort
+			if dshort > 0 {
+				t.Errorf("node %d restarting: %d DNS answers short: %s", i+1, dshort, dnsLoad.firstErrors())
+			}
 			for j := range before.Instances {
 				b, a := before.Instances[j], after.Instances[j]
 				if b.ContainerID != a.ContainerID || !b.StartedAt.Equal(a.StartedAt) {
@@ -616,7 +732,8 @@ func TestFleet(t *testing.T) {
 				}
 			}
 		}
-		report("restart of all 5 agents in turn: 0 containers restarted; load through another node: %d ok, %d failed", okAll, failedAll)
+		report("restart of all 5 agents in turn: 0 containers restarted; load through another node: %d ok, %d failed; DNS from another node: %d full answers, %d short",
+			okAll, failedAll, dnsOK, dnsShort)
 		if failedAll > 0 {
 			t.Errorf("%d requests failed while agents restarted", failedAll)
 		}
