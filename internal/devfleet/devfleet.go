@@ -5,6 +5,7 @@
 package devfleet
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -37,7 +38,6 @@ import (
 
 	"github.com/shoal-run/shoal"
 	"github.com/shoal-run/shoal/gitsync"
-	"github.com/shoal-run/shoal/internal/githttp"
 	"github.com/shoal-run/shoal/internal/imagebuild"
 	"github.com/shoal-run/shoal/internal/netns"
 	"github.com/shoal-run/shoal/runtime"
@@ -94,7 +94,8 @@ type Fleet struct {
 	net      network
 	daemon   *runtime.Daemon
 	registry *imagebuild.Registry
-	gitSrv   *http.Server
+	gitCmd   *exec.Cmd // shoal serve-repo
+	gitDone  chan struct{}
 	repo     *git.Repository
 	image    v1.Image // the test app, pushed under every example name
 	signer   *openpgp.Entity
@@ -265,15 +266,53 @@ func (f *Fleet) initRepo() error {
 }
 
 // serveRepo serves the spec repository over Git smart HTTP on the host
-// side of the fleet network, where every namespace can reach it.
+// side of the fleet network, where every namespace can reach it, with
+// `shoal serve-repo` in a process of its own: the Git host is not part of
+// whatever process starts the fleet (a test built with -race, say), as it
+// would not be on a real fleet.
 func (f *Fleet) serveRepo() error {
-	ln, err := net.Listen("tcp", net.JoinHostPort(f.net.HostAddr(), "0"))
+	logf, err := os.OpenFile(filepath.Join(f.cfg.Dir, "repo.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("serve repo: %w", err)
 	}
-	f.gitSrv = &http.Server{Handler: githttp.Handler(filepath.Join(f.RepoDir, ".git"), f.log), ReadHeaderTimeout: 10 * time.Second}
-	go f.gitSrv.Serve(ln)
-	f.RepoURL = "http://" + ln.Addr().String() + "/fleet.git"
+	cmd := exec.Command(f.cfg.Binary, "serve-repo", "--addr", net.JoinHostPort(f.net.HostAddr(), "0"), f.RepoDir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		logf.Close()
+		return fmt.Errorf("serve repo: %w", err)
+	}
+	cmd.Stderr = logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("serve repo: %w", err)
+	}
+	done := make(chan struct{})
+	f.gitCmd, f.gitDone = cmd, done
+	// Its first line says where it listens: "serving DIR at URL".
+	first := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		if sc.Scan() {
+			first <- sc.Text()
+		}
+		close(first)
+		io.Copy(io.Discard, out)
+		cmd.Wait()
+		logf.Close()
+		close(done)
+	}()
+	select {
+	case line, ok := <-first:
+		i := strings.LastIndex(line, " at ")
+		if !ok || i < 0 {
+			return fmt.Errorf("serve repo: shoal serve-repo said %q (log: %s)", line, logf.Name())
+		}
+		f.RepoURL = line[i+len(" at "):]
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("serve repo: no address from shoal serve-repo in 30s (log: %s)", logf.Name())
+	}
+	f.log.Info("repository served", "url", f.RepoURL, "pid", cmd.Process.Pid)
 	return nil
 }
 
@@ -573,8 +612,14 @@ func (f *Fleet) Close() error {
 	if f.registry != nil {
 		f.registry.Close()
 	}
-	if f.gitSrv != nil {
-		f.gitSrv.Close()
+	if f.gitCmd != nil {
+		f.gitCmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-f.gitDone:
+		case <-time.After(5 * time.Second):
+			f.gitCmd.Process.Kill()
+			<-f.gitDone
+		}
 	}
 	if f.net != nil {
 		if err := f.net.Close(); err != nil {
