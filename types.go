@@ -256,8 +256,17 @@ type Record struct {
 	PortName string `json:"port_name"` // Port.Name
 	Port     int    `json:"port"`      // host port on Addr
 	Revision string `json:"revision"`
-	Healthy  bool   `json:"healthy"`
+	// Spec is the first SpecHashLen characters of the instance's service
+	// definition hash: rolling updates see which slots run the new one.
+	Spec    string `json:"spec,omitempty"`
+	Healthy bool   `json:"healthy"`
 }
+
+// SpecHashLen is how much of a definition hash records carry.
+const SpecHashLen = 8
+
+// ShortSpec is the part of a definition hash that records carry.
+func ShortSpec(hash string) string { return hash[:min(len(hash), SpecHashLen)] }
 
 // Key identifies a record within the fleet.
 func (r Record) Key() string {
@@ -446,7 +455,7 @@ func RecordsFor(node, addr string, instances []Instance) []Record {
 			rs = append(rs, Record{
 				Service: in.Service, Slot: in.Index, Node: node, Addr: addr,
 				PortName: name, Port: in.Ports[name], Revision: in.Revision,
-				Healthy: in.State == StateHealthy,
+				Spec: ShortSpec(in.SpecHash), Healthy: in.State == StateHealthy,
 			})
 		}
 	}

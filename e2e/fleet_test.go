@@ -475,7 +475,9 @@ func TestFleet(t *testing.T) {
 		for p := 0; p < 10; p++ {
 			msg := fmt.Sprintf("v%d", p)
 			t0 := time.Now()
-			commit := h.push("web "+msg, map[string]string{"web.yaml": service("web", 3, 8080, h.image, msg)})
+			// max_surge 3: every slot updates at once, beside its old copy.
+			web := strings.Replace(service("web", 3, 8080, h.image, msg), "max_surge: 1", "max_surge: 3", 1)
+			commit := h.push("web "+msg, map[string]string{"web.yaml": web})
 			// Every node knows the commit (webhook, fetch, announce, fetch).
 			h.waitFor(30*time.Second, "every node at "+msg, func() bool {
 				for i := range h.nodes {
@@ -496,8 +498,54 @@ func TestFleet(t *testing.T) {
 			})
 			lat = append(lat, time.Since(t0))
 		}
-		report("push → all replicas serving (webhook to one node, announce to the rest; 3 replicas replaced): p50 %v, p99 %v over %d pushes; of which push → every node at the commit: p50 %v",
+		report("push → all replicas serving (webhook to one node, announce to the rest; 3 replicas replaced at once): p50 %v, p99 %v over %d pushes; of which push → every node at the commit: p50 %v",
 			percentile(lat, 0.5).Round(time.Millisecond), percentile(lat, 0.99).Round(time.Millisecond), len(lat), percentile(known, 0.5).Round(time.Millisecond))
+	})
+
+	// 2b. Rolling update: with max_surge 1 the slots take the new version
+	// one at a time in index order, each after the one before is healthy,
+	// while every request through the balancers succeeds.
+	t.Run("rolling-update", func(t *testing.T) {
+		h.t = t
+		l := h.startLoad(1, 8080)
+		commit := h.push("web rolled", map[string]string{"web.yaml": service("web", 3, 8080, h.image, "rolled")})
+		spec := shoal.ShortSpec(h.spec().Service("web").Hash())
+		var order []int
+		seenAt := map[int]time.Duration{} // when each slot was first seen new
+		t0 := time.Now()
+		took := h.waitFor(60*time.Second, "web rolled out", func() bool {
+			done := map[int]bool{}
+			for _, r := range h.records(0) {
+				if r.Service == "web" && r.Healthy && r.Spec == spec {
+					done[r.Slot] = true
+				}
+			}
+			for i := 0; i < 3; i++ {
+				if done[i] && !slices.Contains(order, i) {
+					order = append(order, i)
+					seenAt[i] = time.Since(t0)
+				}
+			}
+			// Only a prefix of the slots may be new at any time.
+			for i := 1; i < 3; i++ {
+				if done[i] && !done[i-1] {
+					t.Errorf("slot %d runs the new version before slot %d (seen %v)", i, i-1, done)
+				}
+			}
+			return len(done) == 3 && h.converged(0, commit, "web")
+		})
+		ok, failed := l.end()
+		// One at a time: each slot became new well after the one before
+		// (a container start), not in the same look at the records.
+		for i := 1; i < 3; i++ {
+			if seenAt[i]-seenAt[i-1] < 100*time.Millisecond {
+				t.Errorf("slots updated together, not one after another: first seen new at %v", seenAt)
+			}
+		}
+		report("rolling update of 3 slots, max_surge 1: in %v (slots new at %v), %d requests ok, %d failed", took.Round(time.Millisecond), seenAt, ok, failed)
+		if failed > 0 {
+			t.Errorf("%d requests failed during the rolling update: %s", failed, l.firstErrors())
+		}
 	})
 
 	// 3. Scale 2 → 5 → 1 by commit, under load through node 1.

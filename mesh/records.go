@@ -106,6 +106,7 @@ type wireRecord struct {
 	N string `json:"n"`
 	P int    `json:"p"`
 	R string `json:"r,omitempty"`
+	X string `json:"x,omitempty"` // spec hash prefix
 	H bool   `json:"h,omitempty"`
 }
 
@@ -123,7 +124,7 @@ func encodeSet(node string, rs []shoal.Record) []byte {
 		if len(rev) > 12 {
 			rev = rev[:12]
 		}
-		set.Records = append(set.Records, wireRecord{S: r.Service, I: r.Slot, A: r.Addr, N: r.PortName, P: r.Port, R: rev, H: r.Healthy})
+		set.Records = append(set.Records, wireRecord{S: r.Service, I: r.Slot, A: r.Addr, N: r.PortName, P: r.Port, R: rev, X: shoal.ShortSpec(r.Spec), H: r.Healthy})
 	}
 	b, _ := json.Marshal(set)
 	return b
@@ -144,7 +145,7 @@ func decodeSet(b []byte) (recordSet, []shoal.Record, error) {
 		if w.S == "" || w.P <= 0 || w.P > 65535 || w.I < 0 {
 			return set, nil, errors.New("decode records: bad record")
 		}
-		rs = append(rs, shoal.Record{Service: w.S, Slot: w.I, Node: set.Node, Addr: w.A, PortName: w.N, Port: w.P, Revision: w.R, Healthy: w.H})
+		rs = append(rs, shoal.Record{Service: w.S, Slot: w.I, Node: set.Node, Addr: w.A, PortName: w.N, Port: w.P, Revision: w.R, Spec: shoal.ShortSpec(w.X), Healthy: w.H})
 	}
 	shoal.SortRecords(rs)
 	return set, rs, nil

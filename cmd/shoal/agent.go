@@ -189,10 +189,20 @@ func (a *agent) step(now time.Time) {
 	a.draining = draining
 	a.mu.Unlock()
 	var want []runtime.Desired
+	a.mu.Lock()
+	lastWant := a.lastWant
+	a.mu.Unlock()
 	for _, s := range keep {
 		if svc := rev.Spec.Service(s.Service); svc != nil {
-			want = append(want, runtime.Desired{Slot: s, Service: *svc})
-		} else if d, ok := a.lastWant[s]; ok {
+			d := runtime.Desired{Slot: s, Service: *svc}
+			// Not this slot's turn in a rolling update: keep the old
+			// definition while its copy serves.
+			if old, ok := lastWant[s]; ok && old.Service.Hash() != svc.Hash() &&
+				servesOld(instances, s, old.Service.Hash()) && !mayReplace(*svc, s.Index, records) {
+				d = old
+			}
+			want = append(want, d)
+		} else if d, ok := lastWant[s]; ok {
 			want = append(want, d) // a removed service drains too
 		}
 	}
