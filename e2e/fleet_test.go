@@ -710,6 +710,65 @@ func TestFleet(t *testing.T) {
 		h.selfHealing(report)
 	})
 
+	// 5b. A version that never gets healthy, with auto_revert: the rollout
+	// stops at its first slot, that slot goes back to the old version, and
+	// nothing but the old version ever answers.
+	t.Run("failed-version", func(t *testing.T) {
+		h.t = t
+		good, want := h.files["web.yaml"], h.lastMessage()
+		l := startLoadFn(func() error {
+			body, err := h.get(1, 8080)
+			if err == nil && body != want && (want != "" || !strings.HasPrefix(body, "hello from web/")) {
+				err = fmt.Errorf("answered %q, want the old version", body)
+			}
+			return err
+		})
+		broken := fmt.Sprintf("name: web\nimage: %s\nreplicas: 3\nresources: {cpu: 0.1, memory: 32Mi}\nports:\n  - {name: http, port: 8080, protocol: http}\n"+
+			"health: {http: /healthz, interval: 250ms, timeout: 250ms, grace: 1s, unhealthy_threshold: 2}\n"+
+			"update: {max_surge: 1, auto_revert: true}\nenv: {MESSAGE: broken, HEALTH: fail}\n", h.image)
+		h.push("web that never gets healthy", map[string]string{"web.yaml": broken})
+		bad := h.spec().Service("web").Hash()
+		reverted := h.waitFor(30*time.Second, "a node to revert", func() bool {
+			for i := range h.nodes {
+				var st nodeStatus
+				if h.api(i, "/v1/status", &st) == nil && strings.Contains(strings.Join(st.Errors, "\n"), "auto_revert") {
+					return true
+				}
+			}
+			return false
+		})
+		h.waitFor(30*time.Second, "the failed copies gone", func() bool {
+			for i := range h.nodes {
+				var st nodeStatus
+				if h.api(i, "/v1/status", &st) != nil {
+					return false
+				}
+				for _, in := range st.Instances {
+					if in.SpecHash == bad {
+						return false
+					}
+				}
+			}
+			return h.converged(0, "")
+		})
+		ok, failed := l.end()
+		report("version failing its health checks, auto_revert: reverted after %v; %d requests ok, %d failed or answered by the new version",
+			reverted.Round(time.Millisecond), ok, failed)
+		if failed > 0 {
+			t.Errorf("%d requests failed or reached the broken version: %s", failed, l.firstErrors())
+		}
+		h.push("web back", map[string]string{"web.yaml": good})
+		h.waitFor(30*time.Second, "the revert forgotten", func() bool {
+			for i := range h.nodes {
+				var st nodeStatus
+				if h.api(i, "/v1/status", &st) != nil || strings.Contains(strings.Join(st.Errors, "\n"), "auto_revert") {
+					return false
+				}
+			}
+			return h.converged(0, "")
+		})
+	})
+
 	// 8. Autoscaling: traffic through one node's balancer scales a service
 	// up on every node's count; when it stops, the service shrinks back.
 	t.Run("autoscale", func(t *testing.T) {
@@ -887,7 +946,8 @@ func (h *harness) nodeIndex(name string) int {
 
 // nodeStatus is the part of GET /v1/status the tests read.
 type nodeStatus struct {
-	Revision string `json:"revision"`
+	Revision string   `json:"revision"`
+	Errors   []string `json:"errors"`
 	Sync     struct {
 		LastError string `json:"last_error"`
 	} `json:"sync"`

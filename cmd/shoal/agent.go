@@ -53,6 +53,8 @@ type agent struct {
 	held      map[shoal.Slot]time.Time // make-before-break: moved slots still running here
 	draining  map[shoal.Slot]time.Time // leaving this node: records withdrawn, stopping soon
 	lastWant  map[shoal.Slot]runtime.Desired
+	proven    map[shoal.Slot]runtime.Desired // the last definition a slot served healthy with here
+	reverted  map[string]string              // service → definition hash auto_revert gave up on
 	jobs      jobState
 	announced string
 	m         counters
@@ -190,16 +192,31 @@ func (a *agent) step(now time.Time) {
 	a.mu.Unlock()
 	var want []runtime.Desired
 	a.mu.Lock()
-	lastWant := a.lastWant
+	lastWant, proven := a.lastWant, a.proven
+	reverted := map[string]string{}
+	for _, svc := range rev.Spec.Services {
+		if h, ok := a.reverted[svc.Name]; ok && h == svc.Hash() {
+			reverted[svc.Name] = h // a new definition gets a new chance
+		}
+	}
 	a.mu.Unlock()
 	for _, s := range keep {
 		if svc := rev.Spec.Service(s.Service); svc != nil {
 			d := runtime.Desired{Slot: s, Service: *svc}
-			// Not this slot's turn in a rolling update: keep the old
-			// definition while its copy serves.
-			if old, ok := lastWant[s]; ok && old.Service.Hash() != svc.Hash() &&
-				servesOld(instances, s, old.Service.Hash()) && !mayReplace(*svc, s.Index, records) {
-				d = old
+			if old, ok := proven[s]; ok && old.Service.Hash() != svc.Hash() && servesWith(instances, s, old.Service.Hash()) {
+				hash := svc.Hash()
+				switch {
+				case svc.Update.AutoRevert && (reverted[svc.Name] == hash || newFailed(instances, s, hash)):
+					// The new version failed here: back to the old one
+					// while this definition is in force.
+					if reverted[svc.Name] != hash {
+						a.log.Warn("new version failed; reverted (auto_revert)", "service", svc.Name, "slot", s.String(), "spec", shoal.ShortSpec(hash))
+						reverted[svc.Name] = hash
+					}
+					d = old
+				case !mayReplace(*svc, s.Index, records):
+					d = old // not this slot's turn in the rolling update
+				}
 			}
 			want = append(want, d)
 		} else if d, ok := lastWant[s]; ok {
@@ -207,9 +224,16 @@ func (a *agent) step(now time.Time) {
 		}
 	}
 	a.mu.Lock()
+	a.reverted = reverted
 	a.lastWant = map[shoal.Slot]runtime.Desired{}
+	a.proven = map[shoal.Slot]runtime.Desired{}
 	for _, d := range want {
 		a.lastWant[d.Slot] = d
+		if servesWith(instances, d.Slot, d.Service.Hash()) {
+			a.proven[d.Slot] = d
+		} else if p, ok := proven[d.Slot]; ok {
+			a.proven[d.Slot] = p
+		}
 	}
 	a.mu.Unlock()
 	a.mesh.SetLocalRecords(a.publishable(instances))
@@ -320,7 +344,14 @@ func (a *agent) errorList() []string {
 			errs = append(errs, fmt.Sprintf("%s:   %s", a.cfg.NodeName, f.Error()))
 		}
 	}
-	return errs
+	var reverts []string
+	a.mu.Lock()
+	for svc, h := range a.reverted {
+		reverts = append(reverts, fmt.Sprintf("%s: %s: definition %s failed its health checks; running the previous one (auto_revert)", a.cfg.NodeName, svc, shoal.ShortSpec(h)))
+	}
+	a.mu.Unlock()
+	sort.Strings(reverts)
+	return append(errs, reverts...)
 }
 
 // Fleet implements agentView.

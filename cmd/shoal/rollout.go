@@ -42,9 +42,26 @@ func mayReplace(svc shoal.Service, index int, records []shoal.Record) bool {
 	return true
 }
 
-// servesOld reports whether slot s has a healthy local copy of the
-// definition with hash old: only such a copy is worth holding on to.
-func servesOld(instances []shoal.Instance, s shoal.Slot, old string) bool {
+// newFailed reports whether slot s's copy of the definition with hash
+// spec has failed: exited, restarted, or unhealthy past its start grace.
+func newFailed(instances []shoal.Instance, s shoal.Slot, spec string) bool {
+	for _, in := range instances {
+		if in.Slot == s && in.SpecHash == spec {
+			switch in.State {
+			case shoal.StateUnhealthy, shoal.StateCrashLoop, shoal.StateExited:
+				return true
+			}
+			if in.Restarts > 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// servesWith reports whether slot s has a healthy local copy of the
+// definition with hash old: a definition proven here, worth holding on to.
+func servesWith(instances []shoal.Instance, s shoal.Slot, old string) bool {
 	for _, in := range instances {
 		if in.Slot == s && in.SpecHash == old && in.State == shoal.StateHealthy {
 			return true

@@ -57,3 +57,29 @@ func TestMayReplace(t *testing.T) {
 		})
 	}
 }
+
+func TestNewFailed(t *testing.T) {
+	s := shoal.Slot{Service: "web", Index: 0}
+	in := func(spec string, st shoal.InstanceState, restarts int) shoal.Instance {
+		return shoal.Instance{Slot: s, SpecHash: spec, State: st, Restarts: restarts}
+	}
+	for _, tc := range []struct {
+		name string
+		ins  []shoal.Instance
+		want bool
+	}{
+		{"new copy starting", []shoal.Instance{in("old", shoal.StateHealthy, 0), in("new", shoal.StateStarting, 0)}, false},
+		{"new copy healthy", []shoal.Instance{in("new", shoal.StateHealthy, 0)}, false},
+		{"new copy unhealthy", []shoal.Instance{in("old", shoal.StateHealthy, 0), in("new", shoal.StateUnhealthy, 0)}, true},
+		{"new copy crash-looping", []shoal.Instance{in("new", shoal.StateCrashLoop, 5)}, true},
+		{"new copy restarted once, starting again", []shoal.Instance{in("new", shoal.StateStarting, 1)}, true},
+		{"only the old copy failing", []shoal.Instance{in("old", shoal.StateUnhealthy, 2)}, false},
+		{"another slot's new copy failing", []shoal.Instance{{Slot: shoal.Slot{Service: "web", Index: 1}, SpecHash: "new", State: shoal.StateUnhealthy}}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := newFailed(tc.ins, s, "new"); got != tc.want {
+				t.Errorf("newFailed = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
