@@ -3,14 +3,18 @@ package mesh
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
+	goruntime "runtime"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -34,6 +38,10 @@ type DNSConfig struct {
 	// Services lists the services of the spec, so a service without a
 	// healthy instance answers NODATA rather than NXDOMAIN. Optional.
 	Services func() []string
+	// Generation, when set, changes whenever the records do (Mesh's
+	// Generation): replies are then cached while it stays the same, for
+	// at most a second. Without it every query walks the records.
+	Generation func() uint64
 }
 
 // DNS answers <service>.service.shoal (A/AAAA), _<port>._tcp.<service>.
@@ -49,8 +57,34 @@ type DNS struct {
 	pc      net.PacketConn
 	ln      net.Listener
 	servers []*dns.Server
-	stats   map[string]uint64
+	stats   [32]atomic.Uint64 // answers by rcode
 	ready   chan struct{}
+
+	cacheMu sync.RWMutex
+	cache   map[string]map[cacheKey]cachedReply // by name as asked, case preserved
+}
+
+// Replies inside .shoal are kept, packed, while the records' generation
+// stays the same and for at most cacheFor (which bounds how long a change
+// of the spec's service names goes unseen): a burst of queries for a name
+// costs one walk over the records and one packing.
+const cacheFor = time.Second
+
+// cacheKey is everything of a query its packed reply depends on, but the
+// ID and the name: type, flags echoed back, EDNS buffer size (0 without
+// EDNS) and transport.
+type cacheKey struct {
+	qtype  uint16
+	rd, cd bool
+	edns   int
+	tcp    bool
+}
+
+type cachedReply struct {
+	packed  []byte
+	rcode   int
+	gen     uint64
+	expires time.Time
 }
 
 const zone = "shoal."
@@ -69,7 +103,7 @@ func NewDNS(cfg DNSConfig, src func() []shoal.Record) *DNS {
 	if cfg.Upstreams == nil {
 		cfg.Upstreams = systemResolvers("/etc/resolv.conf")
 	}
-	return &DNS{cfg: cfg, src: src, log: cfg.Logger, stats: map[string]uint64{}, ready: make(chan struct{})}
+	return &DNS{cfg: cfg, src: src, log: cfg.Logger, ready: make(chan struct{})}
 }
 
 // systemResolvers reads the nameservers of a resolv.conf.
@@ -102,11 +136,11 @@ func (d *DNS) Ready() <-chan struct{} { return d.ready }
 
 // Stats counts answers by response code.
 func (d *DNS) Stats() map[string]uint64 {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	out := make(map[string]uint64, len(d.stats))
-	for k, v := range d.stats {
-		out[k] = v
+	out := map[string]uint64{}
+	for rcode := range d.stats {
+		if n := d.stats[rcode].Load(); n > 0 {
+			out[dns.RcodeToString[rcode]] = n
+		}
 	}
 	return out
 }
@@ -119,18 +153,24 @@ func (d *DNS) Listen() error {
 	if d.pc != nil {
 		return nil
 	}
-	pc, err := net.ListenPacket("udp", d.cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("dns: listen udp %s: %w", d.cfg.Addr, err)
+	_, port, _ := net.SplitHostPort(d.cfg.Addr)
+	for try := 1; ; try++ {
+		pc, err := net.ListenPacket("udp", d.cfg.Addr)
+		if err != nil {
+			return fmt.Errorf("dns: listen udp %s: %w", d.cfg.Addr, err)
+		}
+		// TCP on the same port as UDP, for truncated answers.
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err != nil {
+			pc.Close()
+			if port == "0" && try < 10 {
+				continue // the port picked for UDP is taken for TCP: pick another
+			}
+			return fmt.Errorf("dns: listen tcp %s: %w", pc.LocalAddr(), err)
+		}
+		d.pc, d.ln, d.addr = pc, ln, pc.LocalAddr().String()
+		return nil
 	}
-	// TCP on the same port as UDP, for truncated answers.
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
-		return fmt.Errorf("dns: listen tcp %s: %w", pc.LocalAddr(), err)
-	}
-	d.pc, d.ln, d.addr = pc, ln, pc.LocalAddr().String()
-	return nil
 }
 
 // Run serves until ctx is cancelled.
@@ -142,33 +182,190 @@ func (d *DNS) Run(ctx context.Context) error {
 	pc, ln := d.pc, d.ln
 	d.mu.Unlock()
 	h := dns.HandlerFunc(d.serve)
-	udp := &dns.Server{PacketConn: pc, Handler: h}
 	tcp := &dns.Server{Listener: ln, Handler: h}
 	d.mu.Lock()
-	d.servers = []*dns.Server{udp, tcp}
+	d.servers = []*dns.Server{tcp}
 	d.mu.Unlock()
 	close(d.ready)
 	d.log.Info("dns listening", "addr", d.addr)
-	errc := make(chan error, 2)
+	errc := make(chan error, 1+udpReaders)
 	var err error
-	go func() { errc <- udp.ActivateAndServe() }()
+	var wg sync.WaitGroup
+	for range udpReaders {
+		wg.Add(1)
+		go func() { defer wg.Done(); errc <- d.readUDP(pc) }()
+	}
 	go func() { errc <- tcp.ActivateAndServe() }()
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
-	udp.Shutdown()
+	pc.Close()
 	tcp.Shutdown()
+	wg.Wait()
 	if ctx.Err() != nil {
 		return nil
 	}
 	return fmt.Errorf("dns: %w", err)
 }
 
+// udpReaders read the UDP socket in parallel.
+var udpReaders = max(2, goruntime.GOMAXPROCS(0))
+
+// readUDP answers queries from the socket until it is closed. A query
+// whose reply is cached is answered right here, without unpacking it or
+// starting a goroutine; any other goes through serve as miekg/dns would
+// hand it over.
+func (d *DNS) readUDP(pc net.PacketConn) error {
+	buf, out, name := make([]byte, dns.MaxMsgSize), make([]byte, dns.MaxMsgSize), make([]byte, 0, 256)
+	uc, _ := pc.(*net.UDPConn)
+	for {
+		var n int
+		var addr net.Addr
+		var ap netip.AddrPort
+		var err error
+		if uc != nil {
+			n, ap, err = uc.ReadFromUDPAddrPort(buf) // no allocation per packet
+		} else {
+			n, addr, err = pc.ReadFrom(buf)
+		}
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		if reply, rcode, ok := d.cachedUDP(buf[:n], out, name[:0]); ok {
+			if uc != nil {
+				uc.WriteToUDPAddrPort(reply, ap)
+			} else {
+				pc.WriteTo(reply, addr)
+			}
+			d.count(rcode)
+			continue
+		}
+		if uc != nil {
+			addr = net.UDPAddrFromAddrPort(ap)
+		}
+		req := new(dns.Msg)
+		if err := req.Unpack(buf[:n]); err != nil || req.Response {
+			continue // not a query: drop it, as miekg/dns does
+		}
+		go d.serve(&udpWriter{pc: pc, addr: addr}, req) // may forward: never block the reader
+	}
+}
+
+// cachedUDP answers a plain query — one question with a simple name, no
+// records but an optional OPT — from the cache, reading only the bytes it
+// needs. ok is false for anything else.
+// The reply is built in out; name is scratch space.
+func (d *DNS) cachedUDP(q, out, name []byte) (reply []byte, rcode int, ok bool) {
+	if d.cfg.Generation == nil || len(q) < 17 {
+		return nil, 0, false
+	}
+	flags := binary.BigEndian.Uint16(q[2:])
+	qd, an, ns, ar := binary.BigEndian.Uint16(q[4:]), binary.BigEndian.Uint16(q[6:]), binary.BigEndian.Uint16(q[8:]), binary.BigEndian.Uint16(q[10:])
+	if flags&0x8000 != 0 || flags&0x7800 != 0 || qd != 1 || an != 0 || ns != 0 || ar > 1 {
+		return nil, 0, false // a response, not opcode QUERY, or unusual sections
+	}
+	i := 12
+	for {
+		if i >= len(q) {
+			return nil, 0, false
+		}
+		l := int(q[i])
+		i++
+		if l == 0 {
+			break
+		}
+		if l > 63 || i+l > len(q) {
+			return nil, 0, false // compression pointer or garbage
+		}
+		for _, c := range q[i : i+l] {
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+				return nil, 0, false // needs escaping: the slow path
+			}
+		}
+		name = append(append(name, q[i:i+l]...), '.')
+		i += l
+	}
+	if i+4 > len(q) || len(name) == 0 {
+		return nil, 0, false
+	}
+	key := cacheKey{qtype: binary.BigEndian.Uint16(q[i:]), rd: flags&0x0100 != 0, cd: flags&0x0010 != 0}
+	if binary.BigEndian.Uint16(q[i+2:]) != dns.ClassINET {
+		return nil, 0, false
+	}
+	i += 4
+	if ar == 1 {
+		// OPT: root name, type 41, class = UDP size, TTL, empty RDATA.
+		if i+11 != len(q) || q[i] != 0 || binary.BigEndian.Uint16(q[i+1:]) != dns.TypeOPT || binary.BigEndian.Uint16(q[i+9:]) != 0 {
+			return nil, 0, false
+		}
+		key.edns = max(int(binary.BigEndian.Uint16(q[i+3:])), dns.MinMsgSize)
+	} else if i != len(q) {
+		return nil, 0, false
+	}
+	c, hit := d.cached(name, key)
+	if !hit || c.gen != d.cfg.Generation() || !time.Now().Before(c.expires) || len(c.packed) > len(out) {
+		return nil, 0, false
+	}
+	reply = out[:copy(out, c.packed)]
+	copy(reply[:2], q[:2]) // the query's ID
+	return reply, c.rcode, true
+}
+
+func (d *DNS) cached(name []byte, key cacheKey) (cachedReply, bool) {
+	d.cacheMu.RLock()
+	defer d.cacheMu.RUnlock()
+	c, ok := d.cache[string(name)][key]
+	return c, ok
+}
+
+func (d *DNS) remember(name string, key cacheKey, c cachedReply) {
+	d.cacheMu.Lock()
+	defer d.cacheMu.Unlock()
+	if d.cache == nil || len(d.cache) >= 10000 {
+		d.cache = map[string]map[cacheKey]cachedReply{} // bounded: names are few, cases many
+	}
+	if d.cache[name] == nil {
+		d.cache[name] = map[cacheKey]cachedReply{}
+	}
+	d.cache[name][key] = c
+}
+
+// udpWriter is the dns.ResponseWriter of a query read by readUDP.
+type udpWriter struct {
+	pc   net.PacketConn
+	addr net.Addr
+}
+
+func (w *udpWriter) LocalAddr() net.Addr  { return w.pc.LocalAddr() }
+func (w *udpWriter) RemoteAddr() net.Addr { return w.addr }
+func (w *udpWriter) Write(b []byte) (int, error) {
+	return w.pc.WriteTo(b, w.addr)
+}
+func (w *udpWriter) WriteMsg(m *dns.Msg) error {
+	b, err := m.Pack()
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
+}
+func (w *udpWriter) Close() error        { return nil }
+func (w *udpWriter) TsigStatus() error   { return nil }
+func (w *udpWriter) TsigTimersOnly(bool) {}
+func (w *udpWriter) Hijack()             {}
+
 func (d *DNS) count(rcode int) {
-	d.mu.Lock()
-	d.stats[dns.RcodeToString[rcode]]++
-	d.mu.Unlock()
+	if rcode >= 0 && rcode < len(d.stats) {
+		d.stats[rcode].Add(1)
+	}
 }
 
 func (d *DNS) serve(w dns.ResponseWriter, req *dns.Msg) {
@@ -185,16 +382,41 @@ func (d *DNS) serve(w dns.ResponseWriter, req *dns.Msg) {
 		d.forward(w, req)
 		return
 	}
+	_, isTCP := w.RemoteAddr().(*net.TCPAddr)
+	key := cacheKey{qtype: q.Qtype, rd: req.RecursionDesired, cd: req.CheckingDisabled, tcp: isTCP}
+	if req.IsEdns0() != nil {
+		key.edns = udpSize(req)
+	}
+	now, gen, caching := time.Now(), uint64(0), d.cfg.Generation != nil
+	if caching {
+		gen = d.cfg.Generation()
+	}
+	c, ok := d.cached([]byte(q.Name), key)
+	if caching && ok && c.gen == gen && now.Before(c.expires) {
+		reply := make([]byte, len(c.packed))
+		copy(reply, c.packed)
+		binary.BigEndian.PutUint16(reply, req.Id)
+		w.Write(reply)
+		d.count(c.rcode)
+		return
+	}
 	m := d.answer(req, name, q.Qtype)
+	if key.edns != 0 {
+		// RFC 6891 §7: a query with an OPT record gets one back.
+		m.SetEdns0(uint16(key.edns), false)
+	}
 	// Truncate to what the client takes over UDP; it retries over TCP.
-	size := dns.MinMsgSize
-	if o := req.IsEdns0(); o != nil {
-		size = int(o.UDPSize())
+	if !isTCP {
+		m.Truncate(udpSize(req))
 	}
-	if _, isTCP := w.RemoteAddr().(*net.TCPAddr); !isTCP {
-		m.Truncate(size)
+	packed, err := m.Pack()
+	if err != nil || !caching {
+		w.WriteMsg(m)
+		d.count(m.Rcode)
+		return
 	}
-	w.WriteMsg(m)
+	d.remember(q.Name, key, cachedReply{packed: packed, rcode: m.Rcode, gen: gen, expires: now.Add(cacheFor)})
+	w.Write(packed)
 	d.count(m.Rcode)
 }
 
@@ -276,6 +498,14 @@ func (d *DNS) answer(req *dns.Msg, name string, qtype uint16) *dns.Msg {
 	return m
 }
 
+// udpSize is the largest UDP reply the sender of req takes.
+func udpSize(req *dns.Msg) int {
+	if o := req.IsEdns0(); o != nil {
+		return max(int(o.UDPSize()), dns.MinMsgSize)
+	}
+	return dns.MinMsgSize
+}
+
 func soa() dns.RR {
 	return &dns.SOA{Hdr: dns.RR_Header{Name: zone, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: 5},
 		Ns: "ns." + zone, Mbox: "hostmaster." + zone, Serial: 1, Refresh: 60, Retry: 10, Expire: 600, Minttl: 5}
@@ -305,6 +535,11 @@ func (d *DNS) forward(w dns.ResponseWriter, req *dns.Msg) {
 	for _, up := range d.cfg.Upstreams {
 		resp, _, err := c.Exchange(req, up)
 		if err == nil {
+			if !isTCP {
+				// The upstream fit its answer in the client's buffer
+				// compressed: repacked, it must fit too.
+				resp.Truncate(udpSize(req))
+			}
 			w.WriteMsg(resp)
 			d.count(resp.Rcode)
 			return

@@ -68,6 +68,7 @@ type Mesh struct {
 	serf    *serf.Serf
 	events  chan serf.Event
 	changes chan struct{}
+	gen     atomic.Uint64 // bumped by notify
 	pullNow chan struct{}
 
 	mu        sync.Mutex
@@ -154,6 +155,11 @@ func New(cfg Config) (*Mesh, error) {
 	}
 	ml.ProbeInterval, ml.ProbeTimeout, ml.GossipInterval = cfg.ProbeInterval, cfg.ProbeTimeout, cfg.GossipInterval
 	ml.SuspicionMult = cfg.SuspicionMult
+	// A member that missed the gossip of others' joins (it joined a peer
+	// that had not yet joined the rest) learns of them only by a full
+	// state exchange: every 30 s by default (49 s measured once on
+	// loopback), all that time planning on part of the fleet.
+	ml.PushPullInterval = 5 * time.Second
 	ml.SecretKey = cfg.Key
 	ml.LogOutput = logw
 	sc.MemberlistConfig = ml
@@ -270,6 +276,7 @@ func (m *Mesh) handle(ev serf.Event) {
 }
 
 func (m *Mesh) notify() {
+	m.gen.Add(1)
 	select {
 	case m.changes <- struct{}{}:
 	default:
@@ -282,6 +289,10 @@ func (m *Mesh) kickPull() {
 	default:
 	}
 }
+
+// Generation counts changes to members and records: a cache of anything
+// derived from Records is good while it stays the same.
+func (m *Mesh) Generation() uint64 { return m.gen.Load() }
 
 // Changes signals, coalesced, that members or records changed.
 func (m *Mesh) Changes() <-chan struct{} { return m.changes }

@@ -246,8 +246,12 @@ func validCommit(s string) bool {
 	if len(s) < 7 || len(s) > 64 {
 		return false
 	}
-	_, err := hex.DecodeString(s[:len(s)&^1])
-	return err == nil
+	for _, c := range []byte(s) {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return true
 }
 
 func (m *Mesh) alive(node string) bool {
@@ -360,10 +364,28 @@ func (m *Mesh) pull(node string) error {
 	if set.Node != node || set.Digest != digestOf(rs) {
 		return fmt.Errorf("%s: inconsistent record set", node)
 	}
-	if m.alive(node) {
-		m.store(node, set.Digest, rs)
+	d, alive := m.advertised(node)
+	if !alive {
+		return nil
 	}
+	// Keep the set only if the node still advertises it: a newer one may
+	// have come by event while this pull waited out its queries.
+	if d != set.Digest {
+		return fmt.Errorf("%s: pulled set %s is stale, %s is advertised", node, set.Digest, d)
+	}
+	m.store(node, set.Digest, rs)
 	return nil
+}
+
+// advertised is the records digest in a member's tags, and whether the
+// member is alive.
+func (m *Mesh) advertised(node string) (string, bool) {
+	for _, mb := range m.serf.Members() {
+		if mb.Name == node {
+			return mb.Tags["d"], mb.Status == serf.StatusAlive
+		}
+	}
+	return "", false
 }
 
 // suppressEvents stops record events, so tests can prove anti-entropy.

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -327,5 +328,79 @@ func TestBalancerQueuesWhileNoInstance(t *testing.T) {
 	}
 	if took := time.Since(t0); took < 1500*time.Millisecond || took > 4*time.Second {
 		t.Errorf("gave up after %v, want about the 2s queue timeout", took)
+	}
+}
+
+// TestDNSCache: with a Generation, replies are cached — from the second
+// query on, the UDP fast path answers without unpacking — and stay right:
+// the ID and the name's case are the asker's, EDNS is echoed, and a new
+// generation brings the new records at once.
+func TestDNSCache(t *testing.T) {
+	var mu sync.Mutex
+	var gen uint64 = 1
+	recs := []shoal.Record{{Service: "web", Slot: 0, Node: "n1", Addr: "10.1.0.1", PortName: "http", Port: 20000, Healthy: true}}
+	src := func() []shoal.Record { mu.Lock(); defer mu.Unlock(); return append([]shoal.Record(nil), recs...) }
+	d := NewDNS(DNSConfig{Addr: "127.0.0.1:0", BalancerAddr: "127.0.0.9", Upstreams: []string{startUpstream(t)}, Logger: quiet,
+		Generation: func() uint64 { mu.Lock(); defer mu.Unlock(); return gen }}, src)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-d.Ready()
+
+	ask := func(name string, edns bool) *dns.Msg {
+		t.Helper()
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		if edns {
+			m.SetEdns0(1232, false)
+		}
+		in, _, err := (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, d.Addr())
+		if err != nil {
+			t.Fatalf("query %s: %v", name, err)
+		}
+		if in.Id != m.Id || in.Question[0].Name != name {
+			t.Errorf("reply id %d name %q to query id %d name %q", in.Id, in.Question[0].Name, m.Id, name)
+		}
+		if (in.IsEdns0() != nil) != edns {
+			t.Errorf("%s: EDNS in reply %v, in query %v", name, in.IsEdns0() != nil, edns)
+		}
+		return in
+	}
+	addrs := func(in *dns.Msg) []string {
+		var out []string
+		for _, rr := range in.Answer {
+			out = append(out, rr.(*dns.A).A.String())
+		}
+		return out
+	}
+	for _, name := range []string{"web.service.shoal.", "WeB.Service.shoal."} {
+		for _, edns := range []bool{false, true} {
+			for range 3 { // the first fills the cache, the others hit it
+				if got := addrs(ask(name, edns)); !slices.Equal(got, []string{"10.1.0.1"}) {
+					t.Errorf("%s (edns %v): %v", name, edns, got)
+				}
+			}
+		}
+	}
+	mu.Lock()
+	recs = append(recs, shoal.Record{Service: "web", Slot: 1, Node: "n2", Addr: "10.1.0.2", PortName: "http", Port: 20000, Healthy: true})
+	mu.Unlock()
+	// Same generation: the cached reply stands (the mesh bumps it with
+	// every change, so this is only what an unchanged generation means).
+	if got := addrs(ask("web.service.shoal.", false)); len(got) != 1 {
+		t.Errorf("cached reply changed without a new generation: %v", got)
+	}
+	mu.Lock()
+	gen++
+	mu.Unlock()
+	if got := addrs(ask("web.service.shoal.", false)); !slices.Equal(got, []string{"10.1.0.1", "10.1.0.2"}) {
+		t.Errorf("after a new generation: %v, want both instances", got)
+	}
+	if got := addrs(ask("nope.example.", false)); !slices.Equal(got, []string{"192.0.2.7"}) {
+		t.Errorf("forwarded name through the UDP reader: %v", got)
+	}
+	if st := d.Stats(); st["NOERROR"] < 15 {
+		t.Errorf("stats %v: want every answer counted", st)
 	}
 }

@@ -72,7 +72,7 @@ func (a *agent) build(ctx context.Context) error {
 		return m.Pause()
 	})
 
-	a.dns = mesh.NewDNS(mesh.DNSConfig{Addr: cfg.DNS, BalancerAddr: ingress, Upstreams: cfg.DNSUpstreams, Logger: a.log.With("part", "dns"), Services: a.serviceNames}, m.Records)
+	a.dns = mesh.NewDNS(mesh.DNSConfig{Addr: cfg.DNS, BalancerAddr: ingress, Upstreams: cfg.DNSUpstreams, Logger: a.log.With("part", "dns"), Services: a.serviceNames, Generation: m.Generation}, m.Records)
 	a.parts.runs = append(a.parts.runs, a.dns.Run)
 	a.lb = mesh.NewBalancer(mesh.BalancerConfig{ListenHost: cfg.Ingress, LocalNode: cfg.NodeName, Logger: a.log.With("part", "balancer")}, m.Records)
 	a.parts.runs = append(a.parts.runs, a.lb.Run)
@@ -113,7 +113,7 @@ func (a *agent) containerDNS(ingress string, records func() []shoal.Record) stri
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		addr = net.JoinHostPort(addr, "53")
 	}
-	d := mesh.NewDNS(mesh.DNSConfig{Addr: addr, BalancerAddr: ingress, Upstreams: a.cfg.DNSUpstreams, Logger: a.log.With("part", "dns"), Services: a.serviceNames}, records)
+	d := mesh.NewDNS(mesh.DNSConfig{Addr: addr, BalancerAddr: ingress, Upstreams: a.cfg.DNSUpstreams, Logger: a.log.With("part", "dns"), Services: a.serviceNames, Generation: func() uint64 { return a.mesh.Generation() }}, records)
 	if err := d.Listen(); err != nil {
 		a.log.Warn("containers keep the host's resolv.conf: cannot serve them DNS; free the port or set --container-dns", "addr", addr, "err", err)
 		return ""

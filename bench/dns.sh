@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Issue #6: queries per second of Shoal's DNS against unbound answering the
+# same names from local data, measured with dnsperf. Goal: ≥ 1.0× unbound.
+#
+#	bench/dns.sh                 # 10 s per run, 20 services
+#	DURATION=30 bench/dns.sh
+#
+# Runs from the repository root; installs dnsperf and unbound when missing
+# (Debian). Every process it starts is stopped by PID on exit.
+set -euo pipefail
+
+DURATION=${DURATION:-10}
+SERVICES=${SERVICES:-20}
+CLIENTS=${CLIENTS:-8}
+if [[ ! -f go.mod ]] || ! grep -q '^module github.com/shoal-run/shoal$' go.mod; then
+	echo "run from the repository root: bench/dns.sh" >&2
+	exit 2
+fi
+need=()
+command -v dnsperf >/dev/null || need+=(dnsperf)
+command -v unbound >/dev/null || need+=(unbound)
+command -v dig >/dev/null || need+=(bind9-dnsutils)
+if ((${#need[@]})); then
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# Debian starts unbound as a service on install; this script runs its own.
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+go build -o "$tmp/meshbench" ./bench/cmd/meshbench
+"$tmp/meshbench" dns --addr 127.0.0.1:18600 --services "$SERVICES" &
+pids+=($!)
+
+# The same names and addresses as meshbench dns: svcN.service.shoal has
+# three A records, 10.0.N.1-3; TTL 5 like Shoal's.
+{
+	cat <<CONF
+server:
+	interface: 127.0.0.1@18601
+	do-daemonize: no
+	num-threads: 2
+	username: ""
+	chroot: ""
+	directory: "$tmp"
+	pidfile: "$tmp/unbound.pid"
+	use-syslog: no
+	logfile: ""
+	verbosity: 0
+	do-ip6: no
+	access-control: 127.0.0.0/8 allow
+	module-config: "iterator"
+	local-zone: "service.shoal." static
+CONF
+	for ((s = 0; s < SERVICES; s++)); do
+		for i in 1 2 3; do
+			echo "	local-data: \"svc$s.service.shoal. 5 IN A 10.0.$s.$i\""
+		done
+	done
+	echo "remote-control:"
+	echo "	control-enable: no"
+} >"$tmp/unbound.conf"
+unbound -d -c "$tmp/unbound.conf" >"$tmp/unbound.log" 2>&1 &
+pids+=($!)
+
+for ((s = 0; s < SERVICES; s++)); do echo "svc$s.service.shoal A"; done >"$tmp/queries"
+
+# Wait for both to answer, with a deadline.
+for port in 18600 18601; do
+	for i in $(seq 100); do
+		if dig +short +time=1 +tries=1 -p $port @127.0.0.1 svc0.service.shoal A 2>/dev/null | grep -q 10.0.0; then break; fi
+		if ((i == 100)); then echo "no answer on $port" >&2; cat "$tmp/unbound.log" >&2; exit 1; fi
+		sleep 0.1
+	done
+done
+
+# qps PORT prints queries per second.
+qps() {
+	dnsperf -s 127.0.0.1 -p "$1" -d "$tmp/queries" -l "$DURATION" -c "$CLIENTS" -T 2 -q 200 |
+		awk '/Queries per second/ { print $4 }'
+}
+echo "dnsperf -l $DURATION -c $CLIENTS, $SERVICES services × 3 A records, 2 cores shared by everything"
+qps 18600 >/dev/null # warm up both
+qps 18601 >/dev/null
+s1=$(qps 18600)
+u1=$(qps 18601)
+u2=$(qps 18601)
+s2=$(qps 18600)
+awk -v s1="$s1" -v s2="$s2" -v u1="$u1" -v u2="$u2" 'BEGIN {
+	s = (s1 + s2) / 2; u = (u1 + u2) / 2
+	printf "shoal %.0f queries/s | unbound %.0f queries/s | ratio %.2fx\n", s, u, s / u
+}'
