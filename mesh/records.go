@@ -342,12 +342,16 @@ func (m *Mesh) pull(node string) error {
 		if err != nil {
 			return err
 		}
+		// Only node answers (FilterNodes): stop at its answer instead of
+		// waiting out the query's timeout, a second per chunk.
 		var got []byte
 		for r := range resp.ResponseCh() {
 			if r.From == node {
 				got = r.Payload
+				break
 			}
 		}
+		resp.Close()
 		if len(got) < 4 {
 			return fmt.Errorf("no answer from %s for chunk %d", node, i)
 		}
