@@ -3,9 +3,11 @@ package runtime_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -570,5 +572,112 @@ func TestLogsRotateWhileRunning(t *testing.T) {
 	}
 	if after := rt.Instances()[0]; after.ContainerID != before.ContainerID || after.Restarts != 0 {
 		t.Errorf("container restarted while its log rotated: %+v", after)
+	}
+}
+
+// TestExecAndTCPChecks: an exec check runs a command inside the container
+// (the test app's own "check" mode, which asks its /healthz) and a TCP
+// check dials the port; both put the instance in service, and a failing
+// exec check takes it out and restarts it.
+func TestExecAndTCPChecks(t *testing.T) {
+	rt, _ := newRuntime(t, "t-checks")
+	execSvc := web(1, nil)
+	execSvc.Health = &shoal.Health{Exec: []string{"/app", "check"}, Interval: shoal.Duration(200 * time.Millisecond),
+		Timeout: shoal.Duration(2 * time.Second), HealthyThreshold: 1, UnhealthyThreshold: 2}
+	tcpSvc := web(1, nil)
+	tcpSvc.Name = "tcp"
+	tcpSvc.Health = &shoal.Health{TCP: true, Interval: shoal.Duration(200 * time.Millisecond), Timeout: shoal.Duration(time.Second), HealthyThreshold: 1, UnhealthyThreshold: 2}
+	rt.SetDesired("rev1", append(desired(execSvc), desired(tcpSvc)...))
+	waitFor(t, 30*time.Second, "both healthy by their checks", healthy(rt, 2))
+
+	var port int
+	for _, in := range rt.Instances() {
+		if in.Service == "web" {
+			port = in.Ports["http"]
+		}
+	}
+	resp, err := http.Post("http://127.0.0.1:"+strconv.Itoa(port)+"/fail", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	sawUnhealthy := false
+	defer func() {
+		if t.Failed() {
+			for _, in := range rt.Instances() {
+				t.Logf("instance %s: state %s restarts %d error %q", in.Slot, in.State, in.Restarts, in.LastError)
+			}
+		}
+	}()
+	waitFor(t, 20*time.Second, "the exec check failing, then a restart", func() bool {
+		for _, in := range rt.Instances() {
+			if in.Service == "web" {
+				sawUnhealthy = sawUnhealthy || in.State == shoal.StateUnhealthy || in.Restarts > 0
+				return sawUnhealthy && in.Restarts >= 1 && in.State == shoal.StateHealthy
+			}
+		}
+		return false
+	})
+	for _, in := range rt.Instances() {
+		if in.Service == "tcp" && in.Restarts != 0 {
+			t.Errorf("the tcp-checked instance restarted: %+v", in)
+		}
+	}
+}
+
+// TestNoContainerdSaysWhatToDo: with no daemon on the socket, the runtime
+// says how to start one; with no containerd binary either, how to install it.
+func TestNoContainerdSaysWhatToDo(t *testing.T) {
+	dir := t.TempDir()
+	cfg := runtime.Config{Socket: filepath.Join(dir, "none.sock"), Namespace: "t-none", DataDir: dir,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	_, err := runtime.New(context.Background(), cfg)
+	if !errors.Is(err, runtime.ErrNoContainerd) || !strings.Contains(err.Error(), "--start-containerd") {
+		t.Errorf("no daemon: %v", err)
+	}
+	t.Setenv("PATH", t.TempDir()) // no containerd binary to start
+	cfg.StartContainerd = true
+	_, err = runtime.New(context.Background(), cfg)
+	if !errors.Is(err, runtime.ErrNoContainerd) || !strings.Contains(err.Error(), "apt-get install containerd") {
+		t.Errorf("no binary: %v", err)
+	}
+}
+
+// TestStartsPrivateContainerd: with no daemon on the socket, the runtime
+// starts its own under its data dir (as an agent on a machine with only
+// the packages installed does), runs a container on it, and stops it.
+func TestStartsPrivateContainerd(t *testing.T) {
+	setup(t) // the registry with the test image
+	dir, err := os.MkdirTemp("", "shpriv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ctrtest.RemoveAll(filepath.Join(dir, "containerd")); os.RemoveAll(dir) })
+	rt, err := runtime.New(context.Background(), runtime.Config{
+		Socket: filepath.Join(dir, "none.sock"), StartContainerd: true, Namespace: "t-private", DataDir: dir,
+		NodeName: "n1", Interval: 100 * time.Millisecond, PortLow: 28300, PortHigh: 28399,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	private := rt.Socket()
+	if !strings.HasPrefix(private, dir) {
+		t.Errorf("socket %s: want a private daemon under %s", private, dir)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { rt.Run(ctx); close(done) }()
+	rt.SetDesired("rev1", desired(web(1, nil)))
+	waitFor(t, 60*time.Second, "healthy on the private daemon", healthy(rt, 1))
+	cancel()
+	<-done
+	if err := rt.Drain(context.Background()); err != nil {
+		t.Error(err)
+	}
+	rt.Close()
+	if c, err := net.Dial("unix", private); err == nil {
+		c.Close()
+		t.Error("the private containerd still answers after Close")
 	}
 }

@@ -26,6 +26,16 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "check" {
+		// An exec health check: what `curl -f localhost:$PORT/healthz`
+		// would be in a bigger image.
+		resp, err := http.Get("http://127.0.0.1:" + os.Getenv("PORT") + "/healthz")
+		if err != nil || resp.StatusCode != http.StatusOK {
+			fmt.Fprintln(os.Stderr, "check failed:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	port := os.Getenv("PORT")
 	msg := os.Getenv("MESSAGE")
 	if msg == "" {
