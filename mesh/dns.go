@@ -240,12 +240,12 @@ func (d *DNS) readUDP(pc net.PacketConn) error {
 			return err
 		}
 		if reply, rcode, ok := d.cachedUDP(buf[:n], out, name[:0]); ok {
+			d.count(rcode) // before the write: a client that got its answer sees it counted
 			if uc != nil {
 				uc.WriteToUDPAddrPort(reply, ap)
 			} else {
 				pc.WriteTo(reply, addr)
 			}
-			d.count(rcode)
 			continue
 		}
 		if uc != nil {
@@ -372,8 +372,8 @@ func (d *DNS) serve(w dns.ResponseWriter, req *dns.Msg) {
 	if len(req.Question) != 1 {
 		m := new(dns.Msg)
 		m.SetRcode(req, dns.RcodeFormatError)
-		w.WriteMsg(m)
 		d.count(dns.RcodeFormatError)
+		w.WriteMsg(m)
 		return
 	}
 	q := req.Question[0]
@@ -396,8 +396,8 @@ func (d *DNS) serve(w dns.ResponseWriter, req *dns.Msg) {
 		reply := make([]byte, len(c.packed))
 		copy(reply, c.packed)
 		binary.BigEndian.PutUint16(reply, req.Id)
+		d.count(c.rcode) // before the write: a client that got its answer sees it counted
 		w.Write(reply)
-		d.count(c.rcode)
 		return
 	}
 	m := d.answer(req, name, q.Qtype)
@@ -411,13 +411,13 @@ func (d *DNS) serve(w dns.ResponseWriter, req *dns.Msg) {
 	}
 	packed, err := m.Pack()
 	if err != nil || !caching {
-		w.WriteMsg(m)
 		d.count(m.Rcode)
+		w.WriteMsg(m)
 		return
 	}
 	d.remember(q.Name, key, cachedReply{packed: packed, rcode: m.Rcode, gen: gen, expires: now.Add(cacheFor)})
-	w.Write(packed)
 	d.count(m.Rcode)
+	w.Write(packed)
 }
 
 // answer builds the reply for a name inside .shoal from the records.
@@ -540,8 +540,8 @@ func (d *DNS) forward(w dns.ResponseWriter, req *dns.Msg) {
 				// compressed: repacked, it must fit too.
 				resp.Truncate(udpSize(req))
 			}
-			w.WriteMsg(resp)
 			d.count(resp.Rcode)
+			w.WriteMsg(resp)
 			return
 		}
 		lastErr = err
@@ -549,8 +549,8 @@ func (d *DNS) forward(w dns.ResponseWriter, req *dns.Msg) {
 	d.log.Debug("forward", "name", req.Question[0].Name, "err", lastErr)
 	m := new(dns.Msg)
 	m.SetRcode(req, dns.RcodeServerFailure)
-	w.WriteMsg(m)
 	d.count(dns.RcodeServerFailure)
+	w.WriteMsg(m)
 }
 
 // Close releases the sockets of a DNS that Listened but will not Run;
