@@ -71,12 +71,19 @@ type Mesh struct {
 	gen     atomic.Uint64 // bumped by notify
 	pullNow chan struct{}
 
-	mu        sync.Mutex
-	tags      map[string]string
-	local     []shoal.Record
-	localEnc  []byte
-	digest    string
-	peers     map[string]peerRecords // node → its records
+	mu       sync.Mutex
+	tags     map[string]string
+	local    []shoal.Record
+	localEnc []byte
+	digest   string
+	peers    map[string]peerRecords // node → its records
+	// gone keeps the last records of members seen failed or departed, out
+	// of Records: one that comes back advertising the same digest (a
+	// false failure detection, under load) gets them back without a pull,
+	// so suspicion under load does not feed itself with fleet-wide
+	// queries. Dropped when Serf reaps the member.
+	gone      map[string]peerRecords
+	pulls     atomic.Int64 // record sets pulled, for tests and debugging
 	announced map[string]bool
 	loads     map[string]map[string]loadEntry // node → service → traffic report
 	suppress  bool                            // tests: do not broadcast record events
@@ -123,7 +130,7 @@ func New(cfg Config) (*Mesh, error) {
 	m := &Mesh{
 		cfg: cfg, log: cfg.Logger,
 		events: make(chan serf.Event, 1024), changes: make(chan struct{}, 1), pullNow: make(chan struct{}, 1),
-		peers: map[string]peerRecords{}, announced: map[string]bool{}, loads: map[string]map[string]loadEntry{}, paused: map[string]time.Time{}, closed: make(chan struct{}),
+		peers: map[string]peerRecords{}, gone: map[string]peerRecords{}, announced: map[string]bool{}, loads: map[string]map[string]loadEntry{}, paused: map[string]time.Time{}, closed: make(chan struct{}),
 	}
 	m.digest = digestOf(nil)
 	m.tags = encodeTags(nodeTags{CPU: cfg.CPU, Memory: cfg.Memory, Labels: cfg.Labels, APIPort: cfg.APIPort, Digest: m.digest})
@@ -257,9 +264,13 @@ func (m *Mesh) handle(ev serf.Event) {
 				// It said it is restarting with its containers kept: keep
 				// its records and its place for the grace period.
 				m.paused[mb.Name] = time.Now()
-			case e.Type == serf.EventMemberFailed, e.Type == serf.EventMemberLeave, e.Type == serf.EventMemberReap:
-				// A failed or departed member's records go at once.
+			case e.Type == serf.EventMemberReap:
 				delete(m.peers, mb.Name)
+				delete(m.paused, mb.Name)
+				delete(m.gone, mb.Name)
+			case e.Type == serf.EventMemberFailed, e.Type == serf.EventMemberLeave:
+				// A failed or departed member's records go at once.
+				m.forget(mb.Name)
 				delete(m.paused, mb.Name)
 			case e.Type == serf.EventMemberJoin:
 				delete(m.paused, mb.Name)
@@ -338,6 +349,15 @@ func (m *Mesh) inGrace(name string) bool {
 	return ok && time.Since(since) < m.cfg.RestartGrace
 }
 
+// forget takes a member's records out of the fleet's, keeping them in
+// gone. m.mu is held.
+func (m *Mesh) forget(name string) {
+	if pr, ok := m.peers[name]; ok {
+		m.gone[name] = pr
+		delete(m.peers, name)
+	}
+}
+
 // expireGrace drops members whose restart took longer than the grace.
 func (m *Mesh) expireGrace() {
 	m.mu.Lock()
@@ -345,7 +365,7 @@ func (m *Mesh) expireGrace() {
 	for name, since := range m.paused {
 		if time.Since(since) >= m.cfg.RestartGrace {
 			delete(m.paused, name)
-			delete(m.peers, name)
+			m.forget(name)
 			expired = true
 		}
 	}

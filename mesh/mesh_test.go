@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/serf/serf"
+
 	"github.com/shoal-run/shoal"
 )
 
@@ -258,4 +260,38 @@ func TestPauseKeepsRecords(t *testing.T) {
 		t.Fatalf("restarting node lost its records or place: %d records, %d nodes", recordsOf(a, "b"), len(a.m.Nodes()))
 	}
 	waitFor(t, 10*time.Second, "grace over", func() bool { return recordsOf(a, "b") == 0 && len(a.m.Nodes()) == 1 })
+}
+
+// TestFalseFailureRestoresWithoutPull: a member seen failed loses its
+// records at once; when it turns out alive, advertising the set it had,
+// the records come back from memory, with no pull — under load, false
+// failures must not feed themselves with fleet-wide queries.
+func TestFalseFailureRestoresWithoutPull(t *testing.T) {
+	a := startNode(t, "a", nil)
+	b := startNode(t, "b", nil, a.m.LocalAddr())
+	waitFor(t, 5*time.Second, "joined", func() bool { return alive(a) == 2 })
+	b.m.SetLocalRecords([]shoal.Record{{Service: "web", Slot: 1, Addr: "127.0.0.1", PortName: "http", Port: 20001, Healthy: true}})
+	waitFor(t, 10*time.Second, "a holds b's set", func() bool { return recordsOf(a, "b") == 1 })
+	pulls := a.m.pulls.Load()
+
+	// What Serf delivers when a probe of b times out.
+	a.m.handle(serf.MemberEvent{Type: serf.EventMemberFailed, Members: []serf.Member{{Name: "b", Status: serf.StatusFailed}}})
+	if n := recordsOf(a, "b"); n != 0 {
+		t.Fatalf("b's records after its failure: %d, want none at once", n)
+	}
+	waitFor(t, 5*time.Second, "b's records back", func() bool { return recordsOf(a, "b") == 1 })
+	if n := a.m.pulls.Load() - pulls; n != 0 {
+		t.Errorf("%d pulls to get back a set a already had", n)
+	}
+
+	// Back with a different set (the event lost): that one is pulled.
+	a.m.handle(serf.MemberEvent{Type: serf.EventMemberFailed, Members: []serf.Member{{Name: "b", Status: serf.StatusFailed}}})
+	b.m.suppressEvents(true)
+	b.m.SetLocalRecords([]shoal.Record{
+		{Service: "web", Slot: 1, Addr: "127.0.0.1", PortName: "http", Port: 20001, Healthy: true},
+		{Service: "web", Slot: 2, Addr: "127.0.0.1", PortName: "http", Port: 20002, Healthy: true}})
+	waitFor(t, 10*time.Second, "b's new set pulled", func() bool { return recordsOf(a, "b") == 2 })
+	if a.m.pulls.Load() == pulls {
+		t.Error("a new set came back without a pull")
+	}
 }

@@ -151,6 +151,9 @@ func decodeSet(b []byte) (recordSet, []shoal.Record, error) {
 	return set, rs, nil
 }
 
+// emptyDigest is the digest of no records.
+var emptyDigest = digestOf(nil)
+
 // digestOf is a short, stable digest of a node's records.
 func digestOf(rs []shoal.Record) string {
 	cp := append([]shoal.Record(nil), rs...)
@@ -165,9 +168,12 @@ func digestOf(rs []shoal.Record) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// SetLocalRecords publishes this node's records: their digest goes in the
-// tags (so peers notice and pull) and, when small, the set itself travels
-// in a user event.
+// SetLocalRecords publishes this node's records: when small, the set
+// itself travels in a user event, and then their digest goes in the tags
+// (so peers that missed the event notice and pull). Event first: setting
+// tags blocks while memberlist retransmits them, and a peer that saw the
+// new digest before the set would pull it — a query broadcast to the
+// whole fleet — for nothing.
 func (m *Mesh) SetLocalRecords(rs []shoal.Record) {
 	cp := append([]shoal.Record(nil), rs...)
 	for i := range cp {
@@ -184,17 +190,16 @@ func (m *Mesh) SetLocalRecords(rs []shoal.Record) {
 	enc, suppress := m.localEnc, m.suppress
 	m.mu.Unlock()
 	m.notify()
+	if !suppress {
+		payload := enc
+		if len(payload) > maxEventBytes {
+			payload, _ = json.Marshal(recordSet{Node: m.cfg.NodeName, Digest: d}) // peers pull the set
+		}
+		if err := m.serf.UserEvent("rec", payload, false); err != nil {
+			m.log.Warn("record event", "err", err)
+		}
+	}
 	m.updateTags(func(t *nodeTags) bool { t.Digest = d; return true })
-	if suppress {
-		return
-	}
-	payload := enc
-	if len(payload) > maxEventBytes {
-		payload, _ = json.Marshal(recordSet{Node: m.cfg.NodeName, Digest: d}) // peers pull the set
-	}
-	if err := m.serf.UserEvent("rec", payload, false); err != nil {
-		m.log.Warn("record event", "err", err)
-	}
 }
 
 // Records returns the fleet's records — this node's and every alive
@@ -268,6 +273,7 @@ func (m *Mesh) store(node, digest string, rs []shoal.Record) {
 	old, had := m.peers[node]
 	changed := !had || old.digest != digest
 	m.peers[node] = peerRecords{digest: digest, records: rs}
+	delete(m.gone, node)
 	m.mu.Unlock()
 	if changed {
 		m.notify()
@@ -321,8 +327,20 @@ func (m *Mesh) antiEntropy(ctx context.Context) {
 			want := mb.Tags["d"]
 			m.mu.Lock()
 			have := m.peers[mb.Name].digest
+			last, wasGone := m.gone[mb.Name]
 			m.mu.Unlock()
 			if want == "" || want == have {
+				continue
+			}
+			if wasGone && last.digest == want {
+				// Back with the set it had: nothing to fetch.
+				m.store(mb.Name, want, last.records)
+				continue
+			}
+			if want == emptyDigest {
+				// Nothing to fetch: a node with no records (every node,
+				// just after joining) costs the fleet no query.
+				m.store(mb.Name, want, nil)
 				continue
 			}
 			if err := m.pull(mb.Name); err != nil {
@@ -334,6 +352,7 @@ func (m *Mesh) antiEntropy(ctx context.Context) {
 
 // pull fetches a peer's record set chunk by chunk with Serf queries.
 func (m *Mesh) pull(node string) error {
+	m.pulls.Add(1)
 	var buf []byte
 	for i, n := 0, 1; i < n; i++ {
 		payload := make([]byte, 4)
