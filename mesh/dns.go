@@ -15,9 +15,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 
 	"github.com/shoal-run/shoal"
 )
@@ -217,6 +220,9 @@ var udpReaders = max(2, goruntime.GOMAXPROCS(0))
 // starting a goroutine; any other goes through serve as miekg/dns would
 // hand it over.
 func (d *DNS) readUDP(pc net.PacketConn) error {
+	if uc, ok := pc.(*net.UDPConn); ok && goruntime.GOOS == "linux" {
+		return d.readUDPBatch(uc)
+	}
 	buf, out, name := make([]byte, dns.MaxMsgSize), make([]byte, dns.MaxMsgSize), make([]byte, 0, 256)
 	uc, _ := pc.(*net.UDPConn)
 	for {
@@ -256,6 +262,80 @@ func (d *DNS) readUDP(pc net.PacketConn) error {
 			continue // not a query: drop it, as miekg/dns does
 		}
 		go d.serve(&udpWriter{pc: pc, addr: addr}, req) // may forward: never block the reader
+	}
+}
+
+// Batches of the Linux read loop: up to batchLen queries per recvmmsg and
+// replies per sendmmsg, each in a buffer of batchBuf bytes. A query that
+// does not fit (the kernel flags it truncated) is dropped, as a server
+// with a 4 KiB receive buffer would; queries are tens of bytes. A reply
+// that does not fit goes the slow way.
+const (
+	batchLen = 32
+	batchBuf = 4096
+)
+
+// batchConn is what ipv4.PacketConn and ipv6.PacketConn have in common.
+type batchConn interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+// readUDPBatch is readUDP on Linux: under load, one recvmmsg reads every
+// waiting query and one sendmmsg sends every cached reply, instead of a
+// system call and a netpoller wake-up for each.
+func (d *DNS) readUDPBatch(uc *net.UDPConn) error {
+	var bc batchConn = ipv4.NewPacketConn(uc)
+	if a, ok := uc.LocalAddr().(*net.UDPAddr); ok && a.IP.To4() == nil {
+		bc = ipv6.NewPacketConn(uc)
+	}
+	in, out := make([]ipv4.Message, batchLen), make([]ipv4.Message, batchLen)
+	for i := range in {
+		in[i].Buffers = [][]byte{make([]byte, batchBuf)}
+		out[i].Buffers = [][]byte{make([]byte, batchBuf)}
+	}
+	name := make([]byte, 0, 256)
+	replies := make([]ipv4.Message, 0, batchLen)
+	for {
+		n, err := bc.ReadBatch(in, 0)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		replies = replies[:0]
+		for i := range in[:n] {
+			m := &in[i]
+			if m.Flags&syscall.MSG_TRUNC != 0 {
+				continue
+			}
+			q := m.Buffers[0][:m.N]
+			o := &out[len(replies)]
+			if reply, rcode, ok := d.cachedUDP(q, o.Buffers[0][:batchBuf], name[:0]); ok {
+				d.count(rcode) // before the write: a client that got its answer sees it counted
+				o.Buffers[0], o.Addr = reply, m.Addr
+				replies = append(replies, *o)
+				continue
+			}
+			req := new(dns.Msg)
+			if err := req.Unpack(q); err != nil || req.Response {
+				continue // not a query: drop it, as miekg/dns does
+			}
+			go d.serve(&udpWriter{pc: uc, addr: m.Addr}, req) // may forward: never block the reader
+		}
+		for sent := 0; sent < len(replies); {
+			k, err := bc.WriteBatch(replies[sent:], 0)
+			if err != nil {
+				d.log.Debug("dns write", "err", err)
+				break // the sender is gone or the buffer full: it retries, as over any UDP
+			}
+			sent += k
+		}
 	}
 }
 

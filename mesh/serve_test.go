@@ -404,3 +404,87 @@ func TestDNSCache(t *testing.T) {
 		t.Errorf("stats %v: want every answer counted", st)
 	}
 }
+
+// TestDNSUDPBurst: many queries in flight at once from several sockets —
+// read and answered in batches on Linux — each get their own answer: the
+// reply goes to the socket that asked, with its ID and its name, whether
+// cached or not.
+func TestDNSUDPBurst(t *testing.T) {
+	var recs []shoal.Record
+	for i := range 20 {
+		recs = append(recs, shoal.Record{Service: fmt.Sprintf("svc%d", i), Slot: 0, Node: "n1",
+			Addr: fmt.Sprintf("10.2.%d.1", i), PortName: "http", Port: 20000, Healthy: true})
+	}
+	d := NewDNS(DNSConfig{Addr: "127.0.0.1:0", BalancerAddr: "127.0.0.9", Upstreams: []string{startUpstream(t)}, Logger: quiet,
+		Generation: func() uint64 { return 1 }}, func() []shoal.Record { return recs })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-d.Ready()
+
+	// Each socket sends bursts of 32 (well within the sockets' buffers:
+	// this is about batching, not about UDP loss) and then reads them.
+	const sockets, bursts, burst = 4, 20, 32
+	var wg sync.WaitGroup
+	for s := range sockets {
+		wg.Go(func() {
+			conn, err := net.Dial("udp", d.Addr())
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer conn.Close()
+			buf := make([]byte, 4096)
+			for b := range bursts {
+				want := map[uint16]int{} // ID → service index, -1 for a forwarded name
+				for i := range burst {
+					m := new(dns.Msg)
+					m.SetQuestion(fmt.Sprintf("svc%d.service.shoal.", i%20), dns.TypeA)
+					svc := i % 20
+					if i == burst-1 {
+						m.SetQuestion("nope.example.", dns.TypeA) // the slow path
+						svc = -1
+					}
+					m.Id = uint16(s<<12 | b<<6 | i)
+					want[m.Id] = svc
+					p, _ := m.Pack()
+					if _, err := conn.Write(p); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+				conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+				for len(want) > 0 {
+					n, err := conn.Read(buf)
+					if err != nil {
+						t.Errorf("socket %d burst %d: %d replies missing: %v", s, b, len(want), err)
+						return
+					}
+					in := new(dns.Msg)
+					if err := in.Unpack(buf[:n]); err != nil {
+						t.Errorf("socket %d: bad reply: %v", s, err)
+						continue
+					}
+					svc, ok := want[in.Id]
+					if !ok {
+						t.Errorf("socket %d: reply with ID %d it did not ask (or twice)", s, in.Id)
+						continue
+					}
+					delete(want, in.Id)
+					wantName, wantAddr := fmt.Sprintf("svc%d.service.shoal.", svc), fmt.Sprintf("10.2.%d.1", svc)
+					if svc < 0 {
+						wantName, wantAddr = "nope.example.", "192.0.2.7"
+					}
+					if len(in.Question) != 1 || in.Question[0].Name != wantName || len(in.Answer) != 1 || in.Answer[0].(*dns.A).A.String() != wantAddr {
+						t.Errorf("socket %d: ID %d answered %v, want %s → %s", s, in.Id, in.Answer, wantName, wantAddr)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if st := d.Stats(); st["NOERROR"] != sockets*bursts*burst {
+		t.Errorf("stats %v, want %d answers", st, sockets*bursts*burst)
+	}
+}

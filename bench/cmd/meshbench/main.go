@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -98,7 +99,19 @@ func dnsServer(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("dns", flag.ExitOnError)
 	addr := fs.String("addr", "127.0.0.1:18600", "listen address")
 	n := fs.Int("services", 20, "number of services")
+	profile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	fs.Parse(args)
+	if *profile != "" {
+		f, err := os.Create(*profile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	var rs []shoal.Record
 	var names []string
 	for s := 0; s < *n; s++ {
