@@ -13,25 +13,9 @@ set -euo pipefail
 
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
-if [[ ! -f go.mod ]] || ! grep -q '^module github.com/shoal-run/shoal$' go.mod; then
-	echo "run from the repository root: bench/balancer.sh" >&2
-	exit 2
-fi
-need=()
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v wrk >/dev/null || need+=(wrk)
-if ((${#need[@]})); then
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
+source "$(dirname "$0")/lib.sh"
+bench_init
+bench_need haproxy:haproxy wrk:wrk
 
 go build -o "$tmp/meshbench" ./bench/cmd/meshbench
 backends=127.0.0.1:19001,127.0.0.1:19002,127.0.0.1:19003

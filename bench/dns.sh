@@ -12,27 +12,10 @@ set -euo pipefail
 DURATION=${DURATION:-10}
 SERVICES=${SERVICES:-20}
 CLIENTS=${CLIENTS:-8}
-if [[ ! -f go.mod ]] || ! grep -q '^module github.com/shoal-run/shoal$' go.mod; then
-	echo "run from the repository root: bench/dns.sh" >&2
-	exit 2
-fi
-need=()
-command -v dnsperf >/dev/null || need+=(dnsperf)
-command -v unbound >/dev/null || need+=(unbound)
-command -v dig >/dev/null || need+=(bind9-dnsutils)
-if ((${#need[@]})); then
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+source "$(dirname "$0")/lib.sh"
+bench_init
+bench_need dnsperf:dnsperf unbound:unbound dig:bind9-dnsutils
 # Debian starts unbound as a service on install; this script runs its own.
-
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
 
 go build -o "$tmp/meshbench" ./bench/cmd/meshbench
 "$tmp/meshbench" dns --addr 127.0.0.1:18600 --services "$SERVICES" &

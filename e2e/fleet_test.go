@@ -272,16 +272,7 @@ func (h *harness) getInside(i, port int) (string, error) {
 			return dialIn(n.NSPath, addr)
 		},
 	}}
-	resp, err := client.Get(fmt.Sprintf("http://%s:%d/", n.Addr, port))
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		return "", fmt.Errorf("status %s", resp.Status)
-	}
-	return strings.TrimSpace(string(b)), err
+	return fetch(client, fmt.Sprintf("http://%s:%d/", n.Addr, port))
 }
 
 // dialIn connects from inside a network namespace: a socket belongs to the
@@ -327,7 +318,12 @@ func dialIn(nsPath, addr string) (net.Conn, error) {
 }
 
 func (h *harness) getPath(node, port int, path string) (string, error) {
-	resp, err := h.http.Get(fmt.Sprintf("http://%s:%d%s", h.nodes[node].Addr, port, path))
+	return fetch(h.http, fmt.Sprintf("http://%s:%d%s", h.nodes[node].Addr, port, path))
+}
+
+// fetch GETs url and returns the trimmed body of a 200 answer.
+func fetch(client *http.Client, url string) (string, error) {
+	resp, err := client.Get(url)
 	if err != nil {
 		return "", err
 	}

@@ -21,7 +21,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/shoal-run/shoal"
-	"github.com/shoal-run/shoal/internal/ctrtest"
 	"github.com/shoal-run/shoal/runtime"
 )
 
@@ -169,37 +168,12 @@ func plainStart(ctx context.Context, client *containerd.Client, img containerd.I
 	return nil
 }
 
-// setupBench is setup for benchmarks: the package's one containerd and
-// registry, shared with the tests.
-func setupBench(b *testing.B) {
-	b.Helper()
-	env.Do(func() {
-		et := &envT{TB: b}
-		defer func() {
-			if r := recover(); r != nil {
-				envErr = fmt.Errorf("%v", r)
-			}
-		}()
-		socket = ctrtest.Containerd(et)
-		reg = ctrtest.NewRegistry(et)
-		appRef = reg.PushTestApp(et, "shoal/testapp:1")
-		envStop = func() {
-			for i := len(et.cleanups) - 1; i >= 0; i-- {
-				et.cleanups[i]()
-			}
-		}
-	})
-	if envErr != nil || socket == "" {
-		b.Fatalf("test environment: %v", envErr)
-	}
-}
-
 // benchEnv returns a client of the shared containerd with the test image
 // pulled and unpacked in benchNS and no containers there: the state every
 // iteration of both benchmarks starts from.
 func benchEnv(b *testing.B) *containerd.Client {
 	b.Helper()
-	setupBench(b)
+	setup(b)
 	client, err := containerd.New(socket)
 	if err != nil {
 		b.Fatal(err)

@@ -45,7 +45,9 @@ type envT struct {
 
 func (e *envT) Cleanup(f func()) { e.cleanups = append(e.cleanups, f) }
 
-func setup(t *testing.T) {
+// setup starts the package's one containerd and registry, shared by every
+// test and benchmark.
+func setup(t testing.TB) {
 	t.Helper()
 	env.Do(func() {
 		et := &envT{TB: t}
