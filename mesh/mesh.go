@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -85,6 +86,7 @@ type Mesh struct {
 	gone      map[string]peerRecords
 	pulls     atomic.Int64 // record sets pulled, for tests and debugging
 	announced map[string]bool
+	annOrder  []string                        // announced, oldest first, to keep it bounded
 	loads     map[string]map[string]loadEntry // node → service → traffic report
 	suppress  bool                            // tests: do not broadcast record events
 	paused    map[string]time.Time            // failed members that said they restart → when
@@ -132,9 +134,14 @@ func New(cfg Config) (*Mesh, error) {
 		events: make(chan serf.Event, 1024), changes: make(chan struct{}, 1), pullNow: make(chan struct{}, 1),
 		peers: map[string]peerRecords{}, gone: map[string]peerRecords{}, announced: map[string]bool{}, loads: map[string]map[string]loadEntry{}, paused: map[string]time.Time{}, closed: make(chan struct{}),
 	}
-	m.digest = digestOf(nil)
-	m.tags = encodeTags(nodeTags{CPU: cfg.CPU, Memory: cfg.Memory, Labels: cfg.Labels, APIPort: cfg.APIPort, Digest: m.digest})
-	if n := tagsSize(m.tags); n > maxTagBytes {
+	// No digest until the first SetLocalRecords: an agent that restarts
+	// has not yet looked at the containers it kept, and an empty set
+	// advertised meanwhile would take their records off every peer.
+	m.tags = encodeTags(nodeTags{CPU: cfg.CPU, Memory: cfg.Memory, Labels: cfg.Labels, APIPort: cfg.APIPort})
+	// The limit is checked on the tags as they will be, with a digest and
+	// a commit.
+	full := encodeTags(nodeTags{CPU: cfg.CPU, Memory: cfg.Memory, Labels: cfg.Labels, APIPort: cfg.APIPort, Digest: emptyDigest, Revision: strings.Repeat("0", 40)})
+	if n := tagsSize(full); n > maxTagBytes {
 		return nil, fmt.Errorf("mesh: node tags take %d bytes, over Serf's %d-byte limit: use fewer or shorter labels", n, maxTagBytes)
 	}
 
@@ -423,11 +430,30 @@ func (m *Mesh) updateTags(f func(*nodeTags) bool) {
 	}
 }
 
+// maxAnnounced bounds the commits remembered as announced: a commit is
+// announced once, and Serf itself drops repeats it still buffers, so
+// only recent ones matter.
+const maxAnnounced = 1024
+
+// markAnnounced records a commit as announced and says whether it was.
+func (m *Mesh) markAnnounced(commit string) (seen bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.announced[commit] {
+		return true
+	}
+	m.announced[commit] = true
+	m.annOrder = append(m.annOrder, commit)
+	if len(m.annOrder) > maxAnnounced {
+		delete(m.announced, m.annOrder[0])
+		m.annOrder = slices.Delete(m.annOrder, 0, 1)
+	}
+	return false
+}
+
 // Announce tells the fleet about a commit.
 func (m *Mesh) Announce(commit string) error {
-	m.mu.Lock()
-	m.announced[commit] = true
-	m.mu.Unlock()
+	m.markAnnounced(commit)
 	if err := m.serf.UserEvent("ann", []byte(commit), false); err != nil {
 		return fmt.Errorf("announce %s: %w", commit, err)
 	}

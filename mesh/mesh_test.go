@@ -295,3 +295,24 @@ func TestFalseFailureRestoresWithoutPull(t *testing.T) {
 		t.Error("a new set came back without a pull")
 	}
 }
+
+// TestAnnouncedIsBounded: the commits remembered as announced stay within
+// maxAnnounced, the oldest forgotten first, and a repeat is seen.
+func TestAnnouncedIsBounded(t *testing.T) {
+	m := &Mesh{announced: map[string]bool{}}
+	commit := func(i int) string { return fmt.Sprintf("%040x", i) }
+	for i := range maxAnnounced + 10 {
+		if m.markAnnounced(commit(i)) {
+			t.Fatalf("commit %d seen before it was announced", i)
+		}
+	}
+	if !m.markAnnounced(commit(maxAnnounced + 9)) {
+		t.Error("the latest commit announced again went unnoticed")
+	}
+	if len(m.announced) != maxAnnounced || len(m.annOrder) != maxAnnounced {
+		t.Errorf("remembers %d (%d in order), want %d", len(m.announced), len(m.annOrder), maxAnnounced)
+	}
+	if m.markAnnounced(commit(0)) {
+		t.Error("the oldest commit is still remembered")
+	}
+}

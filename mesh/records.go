@@ -222,11 +222,7 @@ func (m *Mesh) handleUserEvent(e serf.UserEvent) {
 		if !validCommit(commit) {
 			return
 		}
-		m.mu.Lock()
-		seen := m.announced[commit]
-		m.announced[commit] = true
-		m.mu.Unlock()
-		if !seen && m.cfg.OnAnnounce != nil {
+		if !m.markAnnounced(commit) && m.cfg.OnAnnounce != nil {
 			m.cfg.OnAnnounce(commit)
 		}
 	case "rec":
@@ -307,9 +303,24 @@ func (m *Mesh) handleQuery(q *serf.Query) {
 
 // antiEntropy pulls the full set of every alive peer whose tag digest
 // differs from what this node holds: a lost event heals within a round.
+//
+// A mismatch is acted on once it has lasted pullDelay: a change travels
+// both as an event with the set and as the digest in the tags, in either
+// order, and whichever comes second usually follows within gossip's few
+// rounds. Pulling at once would cost a fleet-wide query per peer per
+// change, for nothing; and taking a digest that is about to be replaced
+// at its word (the empty set needs no pull) would drop records that just
+// arrived by event.
 func (m *Mesh) antiEntropy(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	recheck := time.NewTimer(time.Hour)
+	defer recheck.Stop()
+	type mismatch struct {
+		want  string
+		since time.Time
+	}
+	seen := map[string]mismatch{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -318,28 +329,48 @@ func (m *Mesh) antiEntropy(ctx context.Context) {
 			return
 		case <-tick.C:
 		case <-m.pullNow:
+		case <-recheck.C:
 		}
 		m.expireGrace()
+		now := time.Now()
+		var next time.Duration
+		alive := map[string]bool{}
 		for _, mb := range m.serf.Members() {
 			if mb.Name == m.cfg.NodeName || mb.Status != serf.StatusAlive {
 				continue
 			}
+			alive[mb.Name] = true
 			want := mb.Tags["d"]
 			m.mu.Lock()
 			have := m.peers[mb.Name].digest
 			last, wasGone := m.gone[mb.Name]
 			m.mu.Unlock()
 			if want == "" || want == have {
+				delete(seen, mb.Name)
 				continue
 			}
 			if wasGone && last.digest == want {
-				// Back with the set it had: nothing to fetch.
+				// Back with the set it had: nothing to fetch, and no
+				// reason to wait.
 				m.store(mb.Name, want, last.records)
+				delete(seen, mb.Name)
 				continue
 			}
+			mm, ok := seen[mb.Name]
+			if !ok || mm.want != want {
+				mm = mismatch{want: want, since: now}
+				seen[mb.Name] = mm
+			}
+			if wait := pullDelay - now.Sub(mm.since); wait > 0 {
+				if next == 0 || wait < next {
+					next = wait
+				}
+				continue
+			}
+			delete(seen, mb.Name)
 			if want == emptyDigest {
-				// Nothing to fetch: a node with no records (every node,
-				// just after joining) costs the fleet no query.
+				// Nothing to fetch: a node with no records costs the
+				// fleet no query.
 				m.store(mb.Name, want, nil)
 				continue
 			}
@@ -347,8 +378,20 @@ func (m *Mesh) antiEntropy(ctx context.Context) {
 				m.log.Debug("pull records", "node", mb.Name, "err", err)
 			}
 		}
+		for name := range seen {
+			if !alive[name] {
+				delete(seen, name)
+			}
+		}
+		if next > 0 {
+			recheck.Reset(next)
+		}
 	}
 }
+
+// pullDelay is how long a peer's digest may differ from the set held
+// before the set is pulled: a few gossip rounds.
+const pullDelay = 500 * time.Millisecond
 
 // pull fetches a peer's record set chunk by chunk with Serf queries.
 func (m *Mesh) pull(node string) error {
