@@ -546,8 +546,12 @@ func (d *DNS) answer(req *dns.Msg, name string, qtype uint16) *dns.Msg {
 			for _, r := range healthyOf(records, labels[2], strings.TrimPrefix(labels[0], "_")) {
 				target := r.Node + ".node." + zone
 				m.Answer = append(m.Answer, &dns.SRV{Hdr: hdr(name, dns.TypeSRV), Priority: 1, Weight: 1, Port: uint16(r.Port), Target: target})
-				if ip := net.ParseIP(r.Addr); ip != nil && ip.To4() != nil {
+				switch ip := net.ParseIP(r.Addr); {
+				case ip == nil:
+				case ip.To4() != nil:
 					m.Extra = append(m.Extra, &dns.A{Hdr: hdr(target, dns.TypeA), A: ip.To4()})
+				default:
+					m.Extra = append(m.Extra, &dns.AAAA{Hdr: hdr(target, dns.TypeAAAA), AAAA: ip})
 				}
 			}
 		}
@@ -567,6 +571,19 @@ func (d *DNS) answer(req *dns.Msg, name string, qtype uint16) *dns.Msg {
 	case len(labels) == 1 && known[labels[0]]:
 		// <service>.shoal: this node's balancer, stable as replicas move.
 		addA(name, d.cfg.BalancerAddr)
+	case len(labels) == 0:
+		// The zone's apex: its SOA, and no other record.
+		if qtype == dns.TypeSOA || qtype == dns.TypeANY {
+			rr := soa()
+			rr.Header().Ttl = ttl
+			m.Answer = append(m.Answer, rr)
+		}
+	case len(labels) == 1 && labels[0] == "service" && len(known) > 0,
+		len(labels) == 1 && labels[0] == "node" && len(records) > 0,
+		len(labels) == 3 && labels[0] == "_tcp" && labels[2] == "service" && known[labels[1]]:
+		// Empty non-terminals: names with none of their own records
+		// but names below them. They exist: NODATA, not NXDOMAIN
+		// (RFC 8020), or a resolver would take everything below as gone.
 	default:
 		m.Rcode = dns.RcodeNameError
 		m.Ns = []dns.RR{soa()}

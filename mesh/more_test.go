@@ -265,6 +265,8 @@ func rrString(rr dns.RR) string {
 		return "AAAA " + rr.AAAA.String()
 	case *dns.SRV:
 		return fmt.Sprintf("SRV %s:%d", rr.Target, rr.Port)
+	case *dns.SOA:
+		return "SOA " + rr.Ns
 	}
 	return rr.String()
 }
@@ -322,7 +324,7 @@ func TestDNSRecordTypes(t *testing.T) {
 		{"_http._tcp.web.service.shoal.", dns.TypeSRV, []string{"SRV n0.node.shoal.:20000", "SRV n1.node.shoal.:20001"},
 			[]string{"A 10.1.0.1", "A 10.1.0.2"}},
 		{"_admin._tcp.web.service.shoal.", dns.TypeSRV, []string{"SRV n0.node.shoal.:20100"}, []string{"A 10.1.0.1"}},
-		{"_http._tcp.v6only.service.shoal.", dns.TypeSRV, []string{"SRV n6.node.shoal.:21000"}, nil},
+		{"_http._tcp.v6only.service.shoal.", dns.TypeSRV, []string{"SRV n6.node.shoal.:21000"}, []string{"AAAA fd00::6"}},
 		{"_http._tcp.web.service.shoal.", dns.TypeA, []string{nodata}, nil},
 		{"_grpc._tcp.web.service.shoal.", dns.TypeSRV, []string{nodata}, nil}, // known service, no such port
 		{"_http._tcp.nope.service.shoal.", dns.TypeSRV, []string{nx}, nil},
@@ -335,6 +337,14 @@ func TestDNSRecordTypes(t *testing.T) {
 		{"n6.node.shoal.", dns.TypeAAAA, []string{"AAAA fd00::6"}, nil},
 		{"n6.node.shoal.", dns.TypeA, []string{nodata}, nil},
 		{"ghost.node.shoal.", dns.TypeA, []string{nx}, nil},
+		// The apex and the empty non-terminals exist (RFC 8020).
+		{"shoal.", dns.TypeSOA, []string{"SOA ns.shoal."}, nil},
+		{"shoal.", dns.TypeA, []string{nodata}, nil},
+		{"service.shoal.", dns.TypeA, []string{nodata}, nil},
+		{"node.shoal.", dns.TypeA, []string{nodata}, nil},
+		{"_tcp.web.service.shoal.", dns.TypeSRV, []string{nodata}, nil},
+		{"_tcp.nope.service.shoal.", dns.TypeSRV, []string{nx}, nil},
+		{"nope.node.shoal.", dns.TypeA, []string{nx}, nil},
 	}
 	for _, network := range []string{"udp", "tcp"} {
 		t.Run(network, func(t *testing.T) {
