@@ -30,6 +30,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/plumbing"
@@ -531,11 +532,36 @@ func (f *Fleet) RemoveContainers(ctx context.Context, i int) error {
 	if err != nil {
 		return err
 	}
+	var errs []error
 	for _, c := range cs {
-		if t, err := c.Task(ctx, nil); err == nil {
-			t.Delete(ctx, containerd.WithProcessKill)
+		// A task can take a moment to die after the kill: retry, or
+		// its shim and snapshot would outlive the fleet.
+		var err error
+		for try := 0; try < 5; try++ {
+			if err = removeContainer(ctx, c); err == nil {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
-		c.Delete(ctx, containerd.WithSnapshotCleanup)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("remove container %s of node %d: %w", c.ID(), i, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeContainer kills and deletes a container's task, then the
+// container with its snapshot; what is already gone is no error.
+func removeContainer(ctx context.Context, c containerd.Container) error {
+	if t, err := c.Task(ctx, nil); err == nil {
+		if _, err := t.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("delete task: %w", err)
+		}
+	} else if !errdefs.IsNotFound(err) {
+		return fmt.Errorf("load task: %w", err)
+	}
+	if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+		return err
 	}
 	return nil
 }
