@@ -21,6 +21,7 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 
 	"github.com/shoal-run/shoal"
 )
@@ -57,7 +58,7 @@ type DNS struct {
 
 	mu      sync.Mutex
 	addr    string
-	pc      net.PacketConn
+	pcs     []net.PacketConn // one, or a SO_REUSEPORT group
 	ln      net.Listener
 	servers []*dns.Server
 	stats   [32]atomic.Uint64 // answers by rcode
@@ -153,7 +154,7 @@ func (d *DNS) Stats() map[string]uint64 {
 func (d *DNS) Listen() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.pc != nil {
+	if d.pcs != nil {
 		return nil
 	}
 	_, port, _ := net.SplitHostPort(d.cfg.Addr)
@@ -171,9 +172,51 @@ func (d *DNS) Listen() error {
 			}
 			return fmt.Errorf("dns: listen tcp %s: %w", pc.LocalAddr(), err)
 		}
-		d.pc, d.ln, d.addr = pc, ln, pc.LocalAddr().String()
+		d.pcs, d.ln, d.addr = []net.PacketConn{pc}, ln, pc.LocalAddr().String()
+		if group := reusePortGroup(pc, udpSockets); group != nil {
+			d.pcs = group
+		}
 		return nil
 	}
+}
+
+// reusePortGroup replaces pc, bound without SO_REUSEPORT (which proved
+// the port free: a second daemon's plain bind then fails, rather than
+// joining the group and silently taking half the queries), with n
+// sockets bound to the same address with SO_REUSEPORT: the kernel spreads
+// senders over them, a queue and a reader each, as unbound does. On any
+// failure it keeps pc and returns nil.
+func reusePortGroup(pc net.PacketConn, n int) []net.PacketConn {
+	if n < 2 || goruntime.GOOS != "linux" {
+		return nil
+	}
+	addr := pc.LocalAddr().String()
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	pc.Close()
+	var group []net.PacketConn
+	for range n {
+		c, err := lc.ListenPacket(context.Background(), "udp", addr)
+		if err != nil {
+			for _, g := range group {
+				g.Close()
+			}
+			break
+		}
+		group = append(group, c)
+	}
+	if len(group) == n {
+		return group
+	}
+	// Someone took the port in between: that is what a plain bind says.
+	return nil
 }
 
 // Run serves until ctx is cancelled.
@@ -182,7 +225,7 @@ func (d *DNS) Run(ctx context.Context) error {
 		return err
 	}
 	d.mu.Lock()
-	pc, ln := d.pc, d.ln
+	pcs, ln := d.pcs, d.ln
 	d.mu.Unlock()
 	h := dns.HandlerFunc(d.serve)
 	tcp := &dns.Server{Listener: ln, Handler: h}
@@ -190,20 +233,25 @@ func (d *DNS) Run(ctx context.Context) error {
 	d.servers = []*dns.Server{tcp}
 	d.mu.Unlock()
 	close(d.ready)
-	d.log.Info("dns listening", "addr", d.addr)
-	errc := make(chan error, 1+udpReaders)
+	d.log.Info("dns listening", "addr", d.addr, "udp_sockets", len(pcs))
+	readers := max(1, udpReaders/len(pcs))
+	errc := make(chan error, 1+readers*len(pcs))
 	var err error
 	var wg sync.WaitGroup
-	for range udpReaders {
-		wg.Add(1)
-		go func() { defer wg.Done(); errc <- d.readUDP(pc) }()
+	for _, pc := range pcs {
+		for range readers {
+			wg.Add(1)
+			go func() { defer wg.Done(); errc <- d.readUDP(pc) }()
+		}
 	}
 	go func() { errc <- tcp.ActivateAndServe() }()
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
-	pc.Close()
+	for _, pc := range pcs {
+		pc.Close()
+	}
 	tcp.Shutdown()
 	wg.Wait()
 	if ctx.Err() != nil {
@@ -211,6 +259,9 @@ func (d *DNS) Run(ctx context.Context) error {
 	}
 	return fmt.Errorf("dns: %w", err)
 }
+
+// udpSockets is how many UDP sockets share the port (SO_REUSEPORT).
+var udpSockets = goruntime.GOMAXPROCS(0)
 
 // udpReaders read the UDP socket in parallel.
 var udpReaders = max(2, goruntime.GOMAXPROCS(0))
@@ -655,9 +706,13 @@ func (d *DNS) forward(w dns.ResponseWriter, req *dns.Msg) {
 func (d *DNS) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.servers != nil || d.pc == nil {
+	if d.servers != nil || d.pcs == nil {
 		return nil
 	}
 	d.ln.Close()
-	return d.pc.Close()
+	var errs []error
+	for _, pc := range d.pcs {
+		errs = append(errs, pc.Close())
+	}
+	return errors.Join(errs...)
 }

@@ -488,3 +488,24 @@ func TestDNSUDPBurst(t *testing.T) {
 		t.Errorf("stats %v, want %d answers", st, sockets*bursts*burst)
 	}
 }
+
+// TestDNSPortTaken: a DNS whose UDP port is served by a socket group
+// (SO_REUSEPORT) still makes a second server on the same address fail to
+// bind, instead of joining the group and taking part of the queries.
+func TestDNSPortTaken(t *testing.T) {
+	first := NewDNS(DNSConfig{Addr: "127.0.0.1:0", Upstreams: []string{}, Logger: quiet}, func() []shoal.Record { return nil })
+	if err := first.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if len(first.pcs) != udpSockets {
+		t.Errorf("%d UDP sockets, want %d", len(first.pcs), udpSockets)
+	}
+	second := NewDNS(DNSConfig{Addr: first.Addr(), Upstreams: []string{}, Logger: quiet}, func() []shoal.Record { return nil })
+	if err := second.Listen(); err == nil {
+		second.Close()
+		t.Fatalf("a second server bound %s", first.Addr())
+	} else if !strings.Contains(err.Error(), "address already in use") {
+		t.Errorf("second bind: %v, want address already in use", err)
+	}
+}
