@@ -76,13 +76,35 @@ func records(backends string) ([]shoal.Record, error) {
 	return rs, nil
 }
 
+// startProfile writes a CPU profile to path until stop; no path, no profile.
+func startProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
 // balancer runs Shoal's balancer for service web over static records.
 func balancer(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("lb", flag.ExitOnError)
 	host := fs.String("host", "127.0.0.1", "listen host")
 	port := fs.Int("port", 18080, "service port")
 	backends := fs.String("backends", "127.0.0.1:19001", "comma-separated backend addresses")
+	profile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	fs.Parse(args)
+	stop, err := startProfile(*profile)
+	if err != nil {
+		return err
+	}
+	defer stop()
 	rs, err := records(*backends)
 	if err != nil {
 		return err
@@ -101,17 +123,11 @@ func dnsServer(ctx context.Context, args []string) error {
 	n := fs.Int("services", 20, "number of services")
 	profile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	fs.Parse(args)
-	if *profile != "" {
-		f, err := os.Create(*profile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stop, err := startProfile(*profile)
+	if err != nil {
+		return err
 	}
+	defer stop()
 	var rs []shoal.Record
 	var names []string
 	for s := 0; s < *n; s++ {
