@@ -83,12 +83,15 @@ type Mesh struct {
 	// false failure detection, under load) gets them back without a pull,
 	// so suspicion under load does not feed itself with fleet-wide
 	// queries. Dropped when Serf reaps the member.
-	gone      map[string]peerRecords
-	pulls     atomic.Int64 // record sets pulled, for tests and debugging
+	gone  map[string]peerRecords
+	pulls atomic.Int64 // record sets pulled, for tests and debugging
+	// pullSoon: nodes whose digest-only event announced a set not held.
+	pullSoon  map[string]string
 	announced map[string]bool
 	annOrder  []string                        // announced, oldest first, to keep it bounded
 	loads     map[string]map[string]loadEntry // node → service → traffic report
 	suppress  bool                            // tests: do not broadcast record events
+	frozen    bool                            // tests: leave the digest in the tags as it is
 	paused    map[string]time.Time            // failed members that said they restart → when
 
 	joined atomic.Bool
@@ -132,7 +135,7 @@ func New(cfg Config) (*Mesh, error) {
 	m := &Mesh{
 		cfg: cfg, log: cfg.Logger,
 		events: make(chan serf.Event, 1024), changes: make(chan struct{}, 1), pullNow: make(chan struct{}, 1),
-		peers: map[string]peerRecords{}, gone: map[string]peerRecords{}, announced: map[string]bool{}, loads: map[string]map[string]loadEntry{}, paused: map[string]time.Time{}, closed: make(chan struct{}),
+		peers: map[string]peerRecords{}, gone: map[string]peerRecords{}, pullSoon: map[string]string{}, announced: map[string]bool{}, loads: map[string]map[string]loadEntry{}, paused: map[string]time.Time{}, closed: make(chan struct{}),
 	}
 	// No digest until the first SetLocalRecords: an agent that restarts
 	// has not yet looked at the containers it kept, and an empty set
@@ -275,6 +278,7 @@ func (m *Mesh) handle(ev serf.Event) {
 				delete(m.peers, mb.Name)
 				delete(m.paused, mb.Name)
 				delete(m.gone, mb.Name)
+				delete(m.pullSoon, mb.Name)
 			case e.Type == serf.EventMemberFailed, e.Type == serf.EventMemberLeave:
 				// A failed or departed member's records go at once.
 				m.forget(mb.Name)

@@ -1215,3 +1215,30 @@ func TestBalancerBackendCrashUnderLoad(t *testing.T) {
 		t.Errorf("%d requests started after the crash failed: %v", n, lateErrs[:min(5, len(lateErrs))])
 	}
 }
+
+// TestBigSetByEventAlone: a set too big for an event travels as a
+// digest-only event, and that event alone brings it: the peer pulls at
+// once rather than waiting for the digest in the tags, which lags the
+// event (and, in a rolling update, may keep changing faster than the pull
+// delay). Here the tags never change.
+func TestBigSetByEventAlone(t *testing.T) {
+	asker := startAgent(t, Config{NodeName: "asker"})
+	owner := startAgent(t, Config{NodeName: "owner", Join: []string{asker.m.LocalAddr()}})
+	waitFor(t, 10*time.Second, "joined", func() bool { return alive(asker) == 2 && alive(owner) == 2 })
+	set := bigSet("owner", 12)
+	if len(encodeSet("owner", set)) <= maxEventBytes {
+		t.Fatalf("set of %d bytes fits an event", len(encodeSet("owner", set)))
+	}
+	holds := func(want []shoal.Record) func() bool {
+		return func() bool { return slices.Equal(asker.m.Records(), want) }
+	}
+	owner.m.SetLocalRecords(set)
+	waitFor(t, 10*time.Second, "the first set", holds(set))
+	owner.m.freezeDigest(true)
+	for i := range 5 {
+		set = slices.Clone(set)
+		set[i].Port += 1000
+		owner.m.SetLocalRecords(set)
+		waitFor(t, 5*time.Second, fmt.Sprintf("change %d by its event alone", i), holds(set))
+	}
+}

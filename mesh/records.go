@@ -187,7 +187,7 @@ func (m *Mesh) SetLocalRecords(rs []shoal.Record) {
 	}
 	m.local, m.digest = cp, d
 	m.localEnc = encodeSet(m.cfg.NodeName, cp)
-	enc, suppress := m.localEnc, m.suppress
+	enc, suppress, frozen := m.localEnc, m.suppress, m.frozen
 	m.mu.Unlock()
 	m.notify()
 	if !suppress {
@@ -199,7 +199,9 @@ func (m *Mesh) SetLocalRecords(rs []shoal.Record) {
 			m.log.Warn("record event", "err", err)
 		}
 	}
-	m.updateTags(func(t *nodeTags) bool { t.Digest = d; return true })
+	if !frozen {
+		m.updateTags(func(t *nodeTags) bool { t.Digest = d; return true })
+	}
 }
 
 // Records returns the fleet's records — this node's and every alive
@@ -237,7 +239,12 @@ func (m *Mesh) handleUserEvent(e serf.UserEvent) {
 			m.store(set.Node, set.Digest, rs)
 			return
 		}
-		m.kickPull() // the event only carried a digest
+		// The event only carried a digest (the set is too big): it
+		// says the set changed, so pull without waiting for the tags.
+		m.mu.Lock()
+		m.pullSoon[set.Node] = set.Digest
+		m.mu.Unlock()
+		m.kickPull()
 	case "load":
 		m.handleLoad(e)
 	}
@@ -316,11 +323,7 @@ func (m *Mesh) antiEntropy(ctx context.Context) {
 	defer tick.Stop()
 	recheck := time.NewTimer(time.Hour)
 	defer recheck.Stop()
-	type mismatch struct {
-		want  string
-		since time.Time
-	}
-	seen := map[string]mismatch{}
+	seen := map[string]time.Time{} // node → since when its digest differs
 	for {
 		select {
 		case <-ctx.Done():
@@ -332,7 +335,7 @@ func (m *Mesh) antiEntropy(ctx context.Context) {
 		case <-recheck.C:
 		}
 		m.expireGrace()
-		now := time.Now()
+		start := time.Now()
 		var next time.Duration
 		alive := map[string]bool{}
 		for _, mb := range m.serf.Members() {
@@ -344,7 +347,18 @@ func (m *Mesh) antiEntropy(ctx context.Context) {
 			m.mu.Lock()
 			have := m.peers[mb.Name].digest
 			last, wasGone := m.gone[mb.Name]
+			announced, soon := m.pullSoon[mb.Name]
+			delete(m.pullSoon, mb.Name)
 			m.mu.Unlock()
+			if soon && announced != have {
+				// A digest-only event: the set changed, and only a pull
+				// brings it; the tags may not say so yet.
+				delete(seen, mb.Name)
+				if err := m.pull(mb.Name); err != nil {
+					m.log.Debug("pull records", "node", mb.Name, "err", err)
+				}
+				continue
+			}
 			if want == "" || want == have {
 				delete(seen, mb.Name)
 				continue
@@ -356,12 +370,14 @@ func (m *Mesh) antiEntropy(ctx context.Context) {
 				delete(seen, mb.Name)
 				continue
 			}
-			mm, ok := seen[mb.Name]
-			if !ok || mm.want != want {
-				mm = mismatch{want: want, since: now}
-				seen[mb.Name] = mm
+			// Timed from the first mismatch, whatever the digests since:
+			// a node whose records keep changing is still pulled.
+			since, ok := seen[mb.Name]
+			if !ok {
+				since = start
+				seen[mb.Name] = since
 			}
-			if wait := pullDelay - now.Sub(mm.since); wait > 0 {
+			if wait := pullDelay - start.Sub(since); wait > 0 {
 				if next == 0 || wait < next {
 					next = wait
 				}
@@ -396,6 +412,9 @@ const pullDelay = 500 * time.Millisecond
 // pull fetches a peer's record set chunk by chunk with Serf queries.
 func (m *Mesh) pull(node string) error {
 	m.pulls.Add(1)
+	m.mu.Lock()
+	held := m.peers[node].digest
+	m.mu.Unlock()
 	var buf []byte
 	for i, n := 0, 1; i < n; i++ {
 		payload := make([]byte, 4)
@@ -430,15 +449,19 @@ func (m *Mesh) pull(node string) error {
 	if set.Node != node || set.Digest != digestOf(rs) {
 		return fmt.Errorf("%s: inconsistent record set", node)
 	}
-	d, alive := m.advertised(node)
-	if !alive {
+	if _, alive := m.advertised(node); !alive {
 		return nil
 	}
-	// Keep the set only if the node still advertises it: a newer one may
-	// have come by event while this pull waited out its queries.
-	if d != set.Digest {
-		return fmt.Errorf("%s: pulled set %s is stale, %s is advertised", node, set.Digest, d)
+	// The node answered with the set it had then, at least as new as
+	// what was held when the pull began; keep it unless a set came by
+	// event meanwhile, which may be newer still. (Not the tags' digest:
+	// it can lag the event that made this pull.)
+	m.mu.Lock()
+	if m.peers[node].digest != held {
+		m.mu.Unlock()
+		return fmt.Errorf("%s: a set came by event during the pull", node)
 	}
+	m.mu.Unlock()
 	m.store(node, set.Digest, rs)
 	return nil
 }
@@ -458,5 +481,13 @@ func (m *Mesh) advertised(node string) (string, bool) {
 func (m *Mesh) suppressEvents(on bool) {
 	m.mu.Lock()
 	m.suppress = on
+	m.mu.Unlock()
+}
+
+// freezeDigest leaves the digest in the tags as it is, so tests can prove
+// what events alone carry.
+func (m *Mesh) freezeDigest(on bool) {
+	m.mu.Lock()
+	m.frozen = on
 	m.mu.Unlock()
 }
