@@ -550,6 +550,34 @@ func (f *Fleet) RemoveContainers(ctx context.Context, i int) error {
 	return errors.Join(errs...)
 }
 
+// shimsOf lists the PIDs of containerd shims started for the daemon on
+// socket: their command line names it as -address.
+func shimsOf(socket string) []int {
+	dirs, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if !strings.Contains(filepath.Base(args[0]), "containerd-shim") {
+			continue
+		}
+		for i := 0; i+1 < len(args); i++ {
+			if args[i] == "-address" && args[i+1] == socket {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	return pids
+}
+
 // removeContainer kills and deletes a container's task, then the
 // container with its snapshot; what is already gone is no error.
 func removeContainer(ctx context.Context, c containerd.Container) error {
@@ -630,7 +658,15 @@ func (f *Fleet) Close() error {
 				errs = append(errs, err)
 			}
 		}
+		sock := f.daemon.Socket
 		f.daemon.Stop()
+		// Shims outlive their daemon by design; one whose task was never
+		// deleted would stay forever (seen once in e2e: an exited task of
+		// a container no longer listed). Nothing of the fleet may remain.
+		for _, pid := range shimsOf(sock) {
+			f.log.Warn("removing a leftover containerd shim", "pid", pid, "socket", sock)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
 		dir := filepath.Join("/tmp", f.cfg.Prefix+"-containerd")
 		exec.Command("umount", "-R", dir).Run()
 		os.RemoveAll(dir)
