@@ -683,10 +683,17 @@ func (r *Runtime) remove(ctx context.Context, ct *container) error {
 	} else if err != nil {
 		return err
 	}
-	if task, err := ct.taskHandle(ctx); err == nil {
+	// Only a task known to be gone lets the container go: containerd's
+	// Delete checks for a task itself, but goes ahead when that check
+	// fails for any reason, and an exited task left behind keeps its shim
+	// running for good (one was found after an e2e run).
+	switch task, err := ct.taskHandle(ctx); {
+	case err == nil:
 		if err := stopTask(ctx, task, 5*time.Second); err != nil {
 			return err
 		}
+	case !errdefs.IsNotFound(err):
+		return fmt.Errorf("load task of %s: %w", ct.id, err)
 	}
 	if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("delete %s: %w", ct.id, err)
