@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	goruntime "runtime"
 	"sort"
@@ -58,7 +57,7 @@ type DNS struct {
 
 	mu      sync.Mutex
 	addr    string
-	pcs     []net.PacketConn // one, or a SO_REUSEPORT group
+	pcs     []*net.UDPConn // one, or a SO_REUSEPORT group
 	ln      net.Listener
 	servers []*dns.Server
 	stats   [32]atomic.Uint64 // answers by rcode
@@ -172,7 +171,7 @@ func (d *DNS) Listen() error {
 			}
 			return fmt.Errorf("dns: listen tcp %s: %w", pc.LocalAddr(), err)
 		}
-		d.pcs, d.ln, d.addr = []net.PacketConn{pc}, ln, pc.LocalAddr().String()
+		d.pcs, d.ln, d.addr = []*net.UDPConn{pc.(*net.UDPConn)}, ln, pc.LocalAddr().String()
 		if group := reusePortGroup(pc, udpSockets); group != nil {
 			d.pcs = group
 		}
@@ -186,7 +185,7 @@ func (d *DNS) Listen() error {
 // sockets bound to the same address with SO_REUSEPORT: the kernel spreads
 // senders over them, a queue and a reader each, as unbound does. On any
 // failure it keeps pc and returns nil.
-func reusePortGroup(pc net.PacketConn, n int) []net.PacketConn {
+func reusePortGroup(pc net.PacketConn, n int) []*net.UDPConn {
 	if n < 2 || goruntime.GOOS != "linux" {
 		return nil
 	}
@@ -201,7 +200,7 @@ func reusePortGroup(pc net.PacketConn, n int) []net.PacketConn {
 		return serr
 	}}
 	pc.Close()
-	var group []net.PacketConn
+	var group []*net.UDPConn
 	for range n {
 		c, err := lc.ListenPacket(context.Background(), "udp", addr)
 		if err != nil {
@@ -210,7 +209,7 @@ func reusePortGroup(pc net.PacketConn, n int) []net.PacketConn {
 			}
 			break
 		}
-		group = append(group, c)
+		group = append(group, c.(*net.UDPConn))
 	}
 	if len(group) == n {
 		return group
@@ -234,7 +233,7 @@ func (d *DNS) Run(ctx context.Context) error {
 	d.mu.Unlock()
 	close(d.ready)
 	d.log.Info("dns listening", "addr", d.addr, "udp_sockets", len(pcs))
-	readers := max(1, udpReaders/len(pcs))
+	readers := max(1, udpSockets/len(pcs))
 	errc := make(chan error, 1+readers*len(pcs))
 	var err error
 	var wg sync.WaitGroup
@@ -260,67 +259,16 @@ func (d *DNS) Run(ctx context.Context) error {
 	return fmt.Errorf("dns: %w", err)
 }
 
-// udpSockets is how many UDP sockets share the port (SO_REUSEPORT).
+// udpSockets is how many UDP sockets share the port (SO_REUSEPORT), and
+// how many readers there are in all.
 var udpSockets = goruntime.GOMAXPROCS(0)
 
-// udpReaders read the UDP socket in parallel.
-var udpReaders = max(2, goruntime.GOMAXPROCS(0))
-
-// readUDP answers queries from the socket until it is closed. A query
-// whose reply is cached is answered right here, without unpacking it or
-// starting a goroutine; any other goes through serve as miekg/dns would
-// hand it over.
-func (d *DNS) readUDP(pc net.PacketConn) error {
-	if uc, ok := pc.(*net.UDPConn); ok && goruntime.GOOS == "linux" {
-		return d.readUDPBatch(uc)
-	}
-	buf, out, name := make([]byte, dns.MaxMsgSize), make([]byte, dns.MaxMsgSize), make([]byte, 0, 256)
-	uc, _ := pc.(*net.UDPConn)
-	for {
-		var n int
-		var addr net.Addr
-		var ap netip.AddrPort
-		var err error
-		if uc != nil {
-			n, ap, err = uc.ReadFromUDPAddrPort(buf) // no allocation per packet
-		} else {
-			n, addr, err = pc.ReadFrom(buf)
-		}
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return err
-		}
-		if reply, rcode, ok := d.cachedUDP(buf[:n], out, name[:0]); ok {
-			d.count(rcode) // before the write: a client that got its answer sees it counted
-			if uc != nil {
-				uc.WriteToUDPAddrPort(reply, ap)
-			} else {
-				pc.WriteTo(reply, addr)
-			}
-			continue
-		}
-		if uc != nil {
-			addr = net.UDPAddrFromAddrPort(ap)
-		}
-		req := new(dns.Msg)
-		if err := req.Unpack(buf[:n]); err != nil || req.Response {
-			continue // not a query: drop it, as miekg/dns does
-		}
-		go d.serve(&udpWriter{pc: pc, addr: addr}, req) // may forward: never block the reader
-	}
-}
-
-// Batches of the Linux read loop: up to batchLen queries per recvmmsg and
-// replies per sendmmsg, each in a buffer of batchBuf bytes. A query that
-// does not fit (the kernel flags it truncated) is dropped, as a server
-// with a 4 KiB receive buffer would; queries are tens of bytes. A reply
-// that does not fit goes the slow way.
+// Batches of the read loop: up to batchLen queries per recvmmsg and
+// replies per sendmmsg (one at a time where there are no such calls),
+// each in a buffer of batchBuf bytes. A query that does not fit (the
+// kernel flags it truncated) is dropped, as a server with a 4 KiB
+// receive buffer would; queries are tens of bytes. A reply that does not
+// fit goes the slow way.
 const (
 	batchLen = 32
 	batchBuf = 4096
@@ -332,10 +280,13 @@ type batchConn interface {
 	WriteBatch(ms []ipv4.Message, flags int) (int, error)
 }
 
-// readUDPBatch is readUDP on Linux: under load, one recvmmsg reads every
-// waiting query and one sendmmsg sends every cached reply, instead of a
-// system call and a netpoller wake-up for each.
-func (d *DNS) readUDPBatch(uc *net.UDPConn) error {
+// readUDP answers queries from the socket until it is closed. A query
+// whose reply is cached is answered right here, without unpacking it or
+// starting a goroutine; any other goes through serve as miekg/dns would
+// hand it over. Under load, one recvmmsg reads every waiting query and
+// one sendmmsg sends every cached reply, instead of a system call and a
+// netpoller wake-up for each.
+func (d *DNS) readUDP(uc *net.UDPConn) error {
 	var bc batchConn = ipv4.NewPacketConn(uc)
 	if a, ok := uc.LocalAddr().(*net.UDPAddr); ok && a.IP.To4() == nil {
 		bc = ipv6.NewPacketConn(uc)
