@@ -273,14 +273,20 @@ func (m *Mesh) alive(node string) bool {
 
 func (m *Mesh) store(node, digest string, rs []shoal.Record) {
 	m.mu.Lock()
-	old, had := m.peers[node]
-	changed := !had || old.digest != digest
-	m.peers[node] = peerRecords{digest: digest, records: rs}
-	delete(m.gone, node)
+	changed := m.setLocked(node, digest, rs)
 	m.mu.Unlock()
 	if changed {
 		m.notify()
 	}
+}
+
+// setLocked holds rs as node's records and says whether they changed.
+// m.mu is held.
+func (m *Mesh) setLocked(node, digest string, rs []shoal.Record) bool {
+	old, had := m.peers[node]
+	m.peers[node] = peerRecords{digest: digest, records: rs}
+	delete(m.gone, node)
+	return !had || old.digest != digest
 }
 
 // handleQuery answers "recs" pulls: payload is the chunk index; the answer
@@ -463,13 +469,17 @@ func (m *Mesh) pull(node string) error {
 	// what was held when the pull began; keep it unless a set came by
 	// event meanwhile, which may be newer still. (Not the tags' digest:
 	// it can lag the event that made this pull.)
+	// Checked and stored under one lock, or an event could land between.
 	m.mu.Lock()
 	if m.peers[node].digest != held {
 		m.mu.Unlock()
 		return fmt.Errorf("%s: a set came by event during the pull", node)
 	}
+	changed := m.setLocked(node, set.Digest, rs)
 	m.mu.Unlock()
-	m.store(node, set.Digest, rs)
+	if changed {
+		m.notify()
+	}
 	return nil
 }
 
