@@ -672,6 +672,27 @@ func stopTask(ctx context.Context, task containerd.Task, grace time.Duration) er
 	return nil
 }
 
+// DeleteContainer stops c's task (SIGTERM, then SIGKILL after grace) and
+// deletes it, then c and its snapshot; what is already gone is no error.
+// A task that cannot be loaded is one: containerd's Delete checks for a
+// task itself but goes ahead when that check fails for any reason, and an
+// exited task left behind keeps its shim running for good (one was found
+// after an e2e run).
+func DeleteContainer(ctx context.Context, c containerd.Container, grace time.Duration) error {
+	switch task, err := c.Task(ctx, nil); {
+	case err == nil:
+		if err := stopTask(ctx, task, grace); err != nil {
+			return fmt.Errorf("stop %s: %w", c.ID(), err)
+		}
+	case !errdefs.IsNotFound(err):
+		return fmt.Errorf("load task of %s: %w", c.ID(), err)
+	}
+	if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("delete %s: %w", c.ID(), err)
+	}
+	return nil
+}
+
 // remove stops and deletes a container and its snapshot.
 func (r *Runtime) remove(ctx context.Context, ct *container) error {
 	if ct == nil {
@@ -683,20 +704,8 @@ func (r *Runtime) remove(ctx context.Context, ct *container) error {
 	} else if err != nil {
 		return err
 	}
-	// Only a task known to be gone lets the container go: containerd's
-	// Delete checks for a task itself, but goes ahead when that check
-	// fails for any reason, and an exited task left behind keeps its shim
-	// running for good (one was found after an e2e run).
-	switch task, err := ct.taskHandle(ctx); {
-	case err == nil:
-		if err := stopTask(ctx, task, 5*time.Second); err != nil {
-			return err
-		}
-	case !errdefs.IsNotFound(err):
-		return fmt.Errorf("load task of %s: %w", ct.id, err)
-	}
-	if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
-		return fmt.Errorf("delete %s: %w", ct.id, err)
+	if err := DeleteContainer(ctx, c, 5*time.Second); err != nil {
+		return err
 	}
 	r.mu.Lock()
 	delete(r.health, ct.id)

@@ -30,7 +30,6 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	"github.com/containerd/containerd"
-	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/plumbing"
@@ -538,7 +537,7 @@ func (f *Fleet) RemoveContainers(ctx context.Context, i int) error {
 		// its shim and snapshot would outlive the fleet.
 		var err error
 		for try := 0; try < 5; try++ {
-			if err = removeContainer(ctx, c); err == nil {
+			if err = runtime.DeleteContainer(ctx, c, 0); err == nil {
 				break
 			}
 			time.Sleep(200 * time.Millisecond)
@@ -576,22 +575,6 @@ func shimsOf(socket string) []int {
 		}
 	}
 	return pids
-}
-
-// removeContainer kills and deletes a container's task, then the
-// container with its snapshot; what is already gone is no error.
-func removeContainer(ctx context.Context, c containerd.Container) error {
-	if t, err := c.Task(ctx, nil); err == nil {
-		if _, err := t.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
-			return fmt.Errorf("delete task: %w", err)
-		}
-	} else if !errdefs.IsNotFound(err) {
-		return fmt.Errorf("load task: %w", err)
-	}
-	if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
-		return err
-	}
-	return nil
 }
 
 func (f *Fleet) eachTask(ctx context.Context, ns string, fn func(context.Context, containerd.Container, containerd.Task) error) error {
