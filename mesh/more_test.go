@@ -1019,19 +1019,18 @@ func TestRecordsQueryProtocol(t *testing.T) {
 	// suspected and come back meanwhile, and its set is then pulled again.
 	want := map[string]int{"owner": 30, "good": 20}
 	var got map[string]int
-	for deadline := time.Now().Add(20 * time.Second); ; {
+	defer func() {
+		if t.Failed() {
+			t.Logf("records held per node %v, want %v", got, want)
+		}
+	}()
+	waitFor(t, 20*time.Second, "the asker to hold the owner's and good's sets only", func() bool {
 		got = map[string]int{}
 		for _, r := range asker.m.Records() {
 			got[r.Node]++
 		}
-		if maps.Equal(got, want) || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond) // poll the condition until the deadline
-	}
-	if !maps.Equal(got, want) {
-		t.Errorf("records held per node %v, want %v", got, want)
-	}
+		return maps.Equal(got, want)
+	})
 }
 
 // TestPullNeverRestoresAnOlderSet: a pull answered with a node's set, and
