@@ -171,10 +171,12 @@ func (d *DNS) Listen() error {
 			}
 			return fmt.Errorf("dns: listen tcp %s: %w", pc.LocalAddr(), err)
 		}
-		d.pcs, d.ln, d.addr = []*net.UDPConn{pc.(*net.UDPConn)}, ln, pc.LocalAddr().String()
-		if group := reusePortGroup(pc, udpSockets); group != nil {
-			d.pcs = group
+		pcs, err := reusePortGroup(pc.(*net.UDPConn), udpSockets)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("dns: listen udp %s: %w", pc.LocalAddr(), err)
 		}
+		d.pcs, d.ln, d.addr = pcs, ln, pc.LocalAddr().String()
 		return nil
 	}
 }
@@ -183,11 +185,11 @@ func (d *DNS) Listen() error {
 // the port free: a second daemon's plain bind then fails, rather than
 // joining the group and silently taking half the queries), with n
 // sockets bound to the same address with SO_REUSEPORT: the kernel spreads
-// senders over them, a queue and a reader each, as unbound does. On any
-// failure it keeps pc and returns nil.
-func reusePortGroup(pc net.PacketConn, n int) []*net.UDPConn {
+// senders over them, a queue and a reader each, as unbound does. Where
+// that cannot be, it is pc alone.
+func reusePortGroup(pc *net.UDPConn, n int) ([]*net.UDPConn, error) {
 	if n < 2 || goruntime.GOOS != "linux" {
-		return nil
+		return []*net.UDPConn{pc}, nil
 	}
 	addr := pc.LocalAddr().String()
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
@@ -207,15 +209,17 @@ func reusePortGroup(pc net.PacketConn, n int) []*net.UDPConn {
 			for _, g := range group {
 				g.Close()
 			}
-			break
+			// Someone took the port in between, or the option is
+			// refused: bind it plainly again, which says which.
+			c, err := net.ListenPacket("udp", addr)
+			if err != nil {
+				return nil, err
+			}
+			return []*net.UDPConn{c.(*net.UDPConn)}, nil
 		}
 		group = append(group, c.(*net.UDPConn))
 	}
-	if len(group) == n {
-		return group
-	}
-	// Someone took the port in between: that is what a plain bind says.
-	return nil
+	return group, nil
 }
 
 // Run serves until ctx is cancelled.
