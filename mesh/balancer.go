@@ -2,8 +2,6 @@ package mesh
 
 import (
 	"context"
-	"errors"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -34,7 +32,12 @@ type BalancerConfig struct {
 	// when there is none (a replica moving, a record set briefly lost)
 	// before it is closed; default 3s, negative for no wait.
 	QueueTimeout time.Duration
-	Logger       *slog.Logger
+	// Loops is the number of event loops (Linux), each keeping a P of
+	// the Go runtime while it has traffic; default one fewer than
+	// GOMAXPROCS, at least one. A process that raises GOMAXPROCS by Loops
+	// gets a loop per core without taking Ps from its other work.
+	Loops  int
+	Logger *slog.Logger
 }
 
 // ServiceStats are a service's counters.
@@ -54,14 +57,13 @@ type Balancer struct {
 	src func() []shoal.Record
 	log *slog.Logger
 
-	mu        sync.Mutex
-	listeners map[Route]net.Listener
-	active    map[string]*int64 // backend addr:port → open connections
-	stats     map[string]*svcCounters
-	closed    bool
-	done      chan struct{} // closed by Close: queued connections give up
-	wg        sync.WaitGroup
-	conns     map[net.Conn]struct{}
+	mu     sync.Mutex
+	active map[string]*int64 // backend addr:port → open connections
+	stats  map[string]*svcCounters
+	closed bool
+	done   chan struct{} // closed by Close: queued connections give up
+	wg     sync.WaitGroup
+	eng    engine // how connections are accepted and forwarded: per OS
 }
 
 type svcCounters struct {
@@ -82,102 +84,21 @@ func NewBalancer(cfg BalancerConfig, src func() []shoal.Record) *Balancer {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Balancer{cfg: cfg, src: src, log: cfg.Logger, done: make(chan struct{}), listeners: map[Route]net.Listener{},
-		active: map[string]*int64{}, stats: map[string]*svcCounters{}, conns: map[net.Conn]struct{}{}}
+	return &Balancer{cfg: cfg, src: src, log: cfg.Logger, done: make(chan struct{}),
+		active: map[string]*int64{}, stats: map[string]*svcCounters{}}
 }
 
-// SetRoutes opens a listener for every new route and closes those of
-// routes that went away. A port that cannot be bound is logged and tried
-// again on the next call.
-func (b *Balancer) SetRoutes(routes []Route) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return
-	}
-	want := map[Route]bool{}
-	for _, r := range routes {
-		want[r] = true
-		if _, ok := b.listeners[r]; ok {
-			continue
-		}
-		addr := net.JoinHostPort(b.cfg.ListenHost, strconv.Itoa(r.Port))
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			b.log.Warn("balancer cannot listen", "service", r.Service, "addr", addr, "err", err)
-			continue
-		}
-		b.listeners[r] = ln
-		if b.stats[r.Service] == nil {
-			b.stats[r.Service] = &svcCounters{}
-		}
-		b.log.Info("balancing", "service", r.Service, "port", r.PortName, "addr", ln.Addr().String())
-		b.wg.Add(1)
-		go b.accept(r, ln)
-	}
-	for r, ln := range b.listeners {
-		if !want[r] {
-			ln.Close()
-			delete(b.listeners, r)
-		}
-	}
-}
+// queuePoll is how often a queued connection looks for an instance again.
+const queuePoll = 50 * time.Millisecond
+
+// maxDialAttempts is how many instances a connection tries before it waits
+// in the queue.
+const maxDialAttempts = 5
 
 // Run waits for ctx, then closes the balancer.
 func (b *Balancer) Run(ctx context.Context) error {
 	<-ctx.Done()
 	return b.Close()
-}
-
-// Close stops listening and closes open connections.
-func (b *Balancer) Close() error {
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return nil
-	}
-	b.closed = true
-	close(b.done)
-	for r, ln := range b.listeners {
-		ln.Close()
-		delete(b.listeners, r)
-	}
-	for c := range b.conns {
-		c.Close()
-	}
-	b.mu.Unlock()
-	b.wg.Wait()
-	return nil
-}
-
-func (b *Balancer) accept(r Route, ln net.Listener) {
-	defer b.wg.Done()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			time.Sleep(10 * time.Millisecond) // e.g. out of file descriptors
-			continue
-		}
-		b.mu.Lock()
-		if b.closed {
-			b.mu.Unlock()
-			c.Close()
-			return
-		}
-		b.conns[c] = struct{}{}
-		b.wg.Add(1)
-		b.mu.Unlock()
-		go func() {
-			defer b.wg.Done()
-			b.forward(r, c)
-			b.mu.Lock()
-			delete(b.conns, c)
-			b.mu.Unlock()
-		}()
-	}
 }
 
 // candidates are the healthy instances of a route; local ones only, when
@@ -210,105 +131,24 @@ func (b *Balancer) counter(addr string) *int64 {
 	return c
 }
 
-// pick chooses by power of two choices: two random candidates, the one
-// with fewer open connections.
-func (b *Balancer) pick(cands []shoal.Record) int {
-	if len(cands) == 1 {
+// pickOf chooses among n candidates, the i-th at addr(i), by power of two
+// choices: two random candidates, the one with fewer open connections.
+func (b *Balancer) pickOf(n int, addr func(int) string) int {
+	if n == 1 {
 		return 0
 	}
-	i := rand.IntN(len(cands))
-	j := rand.IntN(len(cands) - 1)
+	i := rand.IntN(n)
+	j := rand.IntN(n - 1)
 	if j >= i {
 		j++
 	}
-	if atomic.LoadInt64(b.counter(backendAddr(cands[j]))) < atomic.LoadInt64(b.counter(backendAddr(cands[i]))) {
+	if atomic.LoadInt64(b.counter(addr(j))) < atomic.LoadInt64(b.counter(addr(i))) {
 		return j
 	}
 	return i
 }
 
 func backendAddr(r shoal.Record) string { return net.JoinHostPort(r.Addr, strconv.Itoa(r.Port)) }
-
-func (b *Balancer) forward(r Route, client net.Conn) {
-	defer client.Close()
-	st := b.statsOf(r.Service)
-	st.conns.Add(1)
-	st.active.Add(1)
-	defer st.active.Add(-1)
-	st.mu.Lock()
-	st.window.add(time.Now())
-	st.mu.Unlock()
-
-	backend, addr := b.dial(r, st)
-	if backend == nil {
-		return
-	}
-	defer backend.Close()
-	n := b.counter(addr)
-	atomic.AddInt64(n, 1)
-	defer atomic.AddInt64(n, -1)
-
-	done := make(chan struct{})
-	go func() {
-		// io.Copy between TCP connections uses splice(2) on Linux.
-		w, _ := io.Copy(backend, client)
-		st.bytesIn.Add(uint64(w))
-		closeWrite(backend)
-		close(done)
-	}()
-	w, _ := io.Copy(client, backend)
-	st.bytesOut.Add(uint64(w))
-	closeWrite(client)
-	<-done
-}
-
-// dial connects to a healthy instance of r. A failed connect tries another
-// instance, up to five; with none to try, the connection waits in a queue
-// for up to QueueTimeout, so a gap in the records (a replica moving, a
-// peer's records dropped until it is seen again) delays the client
-// instead of failing it.
-func (b *Balancer) dial(r Route, st *svcCounters) (net.Conn, string) {
-	var deadline time.Time
-	for {
-		cands := b.candidates(r)
-		for attempt := 0; attempt < 5 && len(cands) > 0; attempt++ {
-			i := b.pick(cands)
-			addr := backendAddr(cands[i])
-			c, err := net.DialTimeout("tcp", addr, b.cfg.DialTimeout)
-			if err == nil {
-				return c, addr
-			}
-			st.dialFailures.Add(1)
-			b.log.Debug("dial backend", "service", r.Service, "addr", addr, "err", err)
-			cands = append(cands[:i:i], cands[i+1:]...)
-		}
-		now := time.Now()
-		if deadline.IsZero() {
-			if b.cfg.QueueTimeout < 0 {
-				return nil, ""
-			}
-			deadline = now.Add(b.cfg.QueueTimeout)
-		}
-		if now.After(deadline) {
-			b.log.Debug("no healthy instance", "service", r.Service, "port", r.PortName)
-			return nil, ""
-		}
-		select {
-		case <-b.done:
-			return nil, ""
-		case <-time.After(queuePoll):
-		}
-	}
-}
-
-// queuePoll is how often a queued connection looks for an instance again.
-const queuePoll = 50 * time.Millisecond
-
-func closeWrite(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.CloseWrite()
-	}
-}
 
 func (b *Balancer) statsOf(svc string) *svcCounters {
 	b.mu.Lock()

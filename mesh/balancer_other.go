@@ -1,0 +1,194 @@
+//go:build !linux
+
+package mesh
+
+import (
+	"errors"
+	"io"
+	"net"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/shoal-run/shoal"
+)
+
+// engine, off Linux, is a goroutine per connection direction copying with
+// io.Copy. Linux has an event loop per core instead (balancer_linux.go).
+type engine struct {
+	listeners map[Route]net.Listener
+	conns     map[net.Conn]struct{}
+}
+
+// SetRoutes opens a listener for every new route and closes those of
+// routes that went away. A port that cannot be bound is logged and tried
+// again on the next call.
+func (b *Balancer) SetRoutes(routes []Route) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return
+	}
+	if b.eng.listeners == nil {
+		b.eng.listeners, b.eng.conns = map[Route]net.Listener{}, map[net.Conn]struct{}{}
+	}
+	want := map[Route]bool{}
+	for _, r := range routes {
+		want[r] = true
+		if _, ok := b.eng.listeners[r]; ok {
+			continue
+		}
+		addr := net.JoinHostPort(b.cfg.ListenHost, strconv.Itoa(r.Port))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			b.log.Warn("balancer cannot listen", "service", r.Service, "addr", addr, "err", err)
+			continue
+		}
+		b.eng.listeners[r] = ln
+		if b.stats[r.Service] == nil {
+			b.stats[r.Service] = &svcCounters{}
+		}
+		b.log.Info("balancing", "service", r.Service, "port", r.PortName, "addr", ln.Addr().String())
+		b.wg.Add(1)
+		go b.accept(r, ln)
+	}
+	for r, ln := range b.eng.listeners {
+		if !want[r] {
+			ln.Close()
+			delete(b.eng.listeners, r)
+		}
+	}
+}
+
+// Close stops listening and closes open connections.
+func (b *Balancer) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	close(b.done)
+	for r, ln := range b.eng.listeners {
+		ln.Close()
+		delete(b.eng.listeners, r)
+	}
+	for c := range b.eng.conns {
+		c.Close()
+	}
+	b.mu.Unlock()
+	b.wg.Wait()
+	return nil
+}
+
+func (b *Balancer) accept(r Route, ln net.Listener) {
+	defer b.wg.Done()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			time.Sleep(10 * time.Millisecond) // e.g. out of file descriptors
+			continue
+		}
+		b.mu.Lock()
+		if b.closed {
+			b.mu.Unlock()
+			c.Close()
+			return
+		}
+		b.eng.conns[c] = struct{}{}
+		b.wg.Add(1)
+		b.mu.Unlock()
+		go func() {
+			defer b.wg.Done()
+			b.forward(r, c)
+			b.mu.Lock()
+			delete(b.eng.conns, c)
+			b.mu.Unlock()
+		}()
+	}
+}
+
+func (b *Balancer) forward(r Route, client net.Conn) {
+	defer client.Close()
+	st := b.statsOf(r.Service)
+	st.conns.Add(1)
+	st.active.Add(1)
+	defer st.active.Add(-1)
+	st.mu.Lock()
+	st.window.add(time.Now())
+	st.mu.Unlock()
+
+	backend, addr := b.dial(r, st)
+	if backend == nil {
+		return
+	}
+	defer backend.Close()
+	n := b.counter(addr)
+	atomic.AddInt64(n, 1)
+	defer atomic.AddInt64(n, -1)
+
+	done := make(chan struct{})
+	go func() {
+		// io.Copy between TCP connections uses splice(2) on Linux.
+		w, _ := io.Copy(backend, client)
+		st.bytesIn.Add(uint64(w))
+		closeWrite(backend)
+		close(done)
+	}()
+	w, _ := io.Copy(client, backend)
+	st.bytesOut.Add(uint64(w))
+	closeWrite(client)
+	<-done
+}
+
+// dial connects to a healthy instance of r. A failed connect tries another
+// instance, up to five; with none to try, the connection waits in a queue
+// for up to QueueTimeout, so a gap in the records (a replica moving, a
+// peer's records dropped until it is seen again) delays the client
+// instead of failing it.
+func (b *Balancer) dial(r Route, st *svcCounters) (net.Conn, string) {
+	var deadline time.Time
+	for {
+		cands := b.candidates(r)
+		for attempt := 0; attempt < maxDialAttempts && len(cands) > 0; attempt++ {
+			i := b.pick(cands)
+			addr := backendAddr(cands[i])
+			c, err := net.DialTimeout("tcp", addr, b.cfg.DialTimeout)
+			if err == nil {
+				return c, addr
+			}
+			st.dialFailures.Add(1)
+			b.log.Debug("dial backend", "service", r.Service, "addr", addr, "err", err)
+			cands = append(cands[:i:i], cands[i+1:]...)
+		}
+		now := time.Now()
+		if deadline.IsZero() {
+			if b.cfg.QueueTimeout < 0 {
+				return nil, ""
+			}
+			deadline = now.Add(b.cfg.QueueTimeout)
+		}
+		if now.After(deadline) {
+			b.log.Debug("no healthy instance", "service", r.Service, "port", r.PortName)
+			return nil, ""
+		}
+		select {
+		case <-b.done:
+			return nil, ""
+		case <-time.After(queuePoll):
+		}
+	}
+}
+
+func closeWrite(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.CloseWrite()
+	}
+}
+
+func (b *Balancer) pick(cands []shoal.Record) int {
+	return b.pickOf(len(cands), func(i int) string { return backendAddr(cands[i]) })
+}
