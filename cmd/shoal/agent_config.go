@@ -71,6 +71,9 @@ type agentConfig struct {
 	Ingress        string // host the balancer listens on for every service port
 	HandoffTimeout time.Duration
 	LogLevel       string
+
+	// balancerLoops is the balancer's event loops; 0 for its default.
+	balancerLoops int
 }
 
 // listFlag is a repeatable, comma-separated flag.

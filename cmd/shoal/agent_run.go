@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -52,6 +53,12 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 	if err := cfg.finish(); err != nil {
 		return 1, err
 	}
+	// The balancer runs an event loop per core and each keeps a P while
+	// traffic flows (mesh/balancer_linux.go): as many more Ps let Serf, DNS
+	// and the collector run beside them. Only here, where the agent owns
+	// the process; in-process agents (tests) use the balancer's default.
+	cfg.balancerLoops = runtime.NumCPU()
+	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + cfg.balancerLoops)
 	log := newLogger(stderr, cfg.LogLevel).With("node", cfg.NodeName)
 	a, err := newAgent(ctx, cfg, log)
 	if err != nil {

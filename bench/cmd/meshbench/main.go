@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -109,7 +110,11 @@ func balancer(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	lb := mesh.NewBalancer(mesh.BalancerConfig{ListenHost: *host, LocalNode: "bench",
+	// As the agent does (cmd/shoal/agent_run.go): a loop per core, and
+	// as many more Ps.
+	loops := runtime.NumCPU()
+	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + loops)
+	lb := mesh.NewBalancer(mesh.BalancerConfig{ListenHost: *host, LocalNode: "bench", Loops: loops,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, func() []shoal.Record { return rs })
 	lb.SetRoutes([]mesh.Route{{Service: "web", PortName: "http", Port: *port}})
 	return lb.Run(ctx)
