@@ -1,4 +1,5 @@
-# Shoal's build. `make demo` runs a local fleet; `make test` runs every test.
+# Shoal's build. The quick start needs no make: scripts/demo runs a local
+# fleet, scripts/test runs every test; `make demo` and `make test` call them.
 GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X main.version=$(VERSION)
@@ -15,12 +16,9 @@ build:
 deps:
 	./scripts/install-deps
 
-# test runs every test with the race detector, containerd ones included,
-# then the five-node fleet suite, verbose so its figures are printed.
-test: deps
-	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 15m $$($(GO) list ./... | grep -v /e2e)
-	$(GO) test -race -count=1 -timeout 10m -v ./e2e
+# test runs every test with the race detector, then the fleet suite.
+test:
+	GO=$(GO) ./scripts/test
 
 lint:
 	@out=$$(gofmt -l . 2>&1); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -30,8 +28,8 @@ lint:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
-demo: deps build
-	./bin/shoal dev
+demo:
+	GO=$(GO) ./scripts/demo
 
 clean:
 	rm -rf bin
