@@ -57,6 +57,9 @@ type Balancer struct {
 	src func() []shoal.Record
 	log *slog.Logger
 
+	routesMu sync.Mutex     // serialises SetRoutes and Close; never taken under mu
+	routes   map[Route]bool // those listened on
+
 	mu     sync.Mutex
 	active map[string]*int64 // backend addr:port → open connections
 	stats  map[string]*svcCounters
@@ -84,8 +87,60 @@ func NewBalancer(cfg BalancerConfig, src func() []shoal.Record) *Balancer {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Balancer{cfg: cfg, src: src, log: cfg.Logger, done: make(chan struct{}),
+	return &Balancer{cfg: cfg, src: src, log: cfg.Logger, done: make(chan struct{}), routes: map[Route]bool{},
 		active: map[string]*int64{}, stats: map[string]*svcCounters{}}
+}
+
+// SetRoutes opens listeners for every new route and closes those of
+// routes that went away; connections open on a closed route carry on. A
+// port that cannot be bound is logged and tried again on the next call.
+func (b *Balancer) SetRoutes(routes []Route) {
+	b.routesMu.Lock()
+	defer b.routesMu.Unlock()
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return
+	}
+	want := map[Route]bool{}
+	for _, r := range routes {
+		want[r] = true
+		if b.routes[r] {
+			continue
+		}
+		addr := net.JoinHostPort(b.cfg.ListenHost, strconv.Itoa(r.Port))
+		if err := b.listen(r, addr, b.statsOf(r.Service)); err != nil {
+			b.log.Warn("balancer cannot listen", "service", r.Service, "addr", addr, "err", err)
+			continue
+		}
+		b.routes[r] = true
+		b.log.Info("balancing", "service", r.Service, "port", r.PortName, "addr", addr)
+	}
+	for r := range b.routes {
+		if !want[r] {
+			b.unlisten(r)
+			delete(b.routes, r)
+		}
+	}
+}
+
+// Close stops listening and closes open connections.
+func (b *Balancer) Close() error {
+	b.routesMu.Lock()
+	defer b.routesMu.Unlock()
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	close(b.done)
+	b.mu.Unlock()
+	b.stop()
+	clear(b.routes)
+	b.wg.Wait()
+	return nil
 }
 
 // queuePoll is how often a queued connection looks for an instance again.

@@ -8,7 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
-	"strconv"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,9 +26,8 @@ import (
 // to mean "drained" when a FIN may be queued behind the data). Here the
 // loop sees EPOLLRDHUP and reads again only when the peer has shut down.
 
-// engine is the balancer's event loops, started by the first SetRoutes.
+// engine is the balancer's event loops, started by the first listen.
 type engine struct {
-	mu        sync.Mutex // held while loops run commands, which may take b.mu: never under b.mu
 	loops     []*evloop
 	listeners map[Route][]int // the route's listening sockets, one per loop
 }
@@ -43,70 +42,38 @@ const (
 
 var pendingBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
 
-// SetRoutes opens listeners for every new route and closes those of routes
-// that went away. A port that cannot be bound is logged and tried again on
-// the next call.
-func (b *Balancer) SetRoutes(routes []Route) {
-	b.eng.mu.Lock()
-	defer b.eng.mu.Unlock()
-	b.mu.Lock()
-	closed := b.closed
-	b.mu.Unlock()
-	if closed {
-		return
-	}
+// listen binds a socket per loop on addr and hands each to its loop.
+// Called under routesMu, not mu: a loop may take mu while it runs.
+func (b *Balancer) listen(r Route, addr string, st *svcCounters) error {
 	if b.eng.loops == nil {
 		if err := b.startLoops(); err != nil {
-			b.log.Error("balancer cannot start", "err", err)
-			return
+			return fmt.Errorf("start event loops: %w", err)
 		}
 	}
-	want := map[Route]bool{}
-	for _, r := range routes {
-		want[r] = true
-		if _, ok := b.eng.listeners[r]; ok {
-			continue
-		}
-		addr := net.JoinHostPort(b.cfg.ListenHost, strconv.Itoa(r.Port))
-		fds, err := listenGroup(addr, len(b.eng.loops))
-		if err != nil {
-			b.log.Warn("balancer cannot listen", "service", r.Service, "addr", addr, "err", err)
-			continue
-		}
-		b.eng.listeners[r] = fds
-		st := b.statsOf(r.Service)
-		for i, l := range b.eng.loops {
-			l.do(func() { l.addListener(fds[i], r, st) })
-		}
-		b.log.Info("balancing", "service", r.Service, "port", r.PortName, "addr", addr)
+	fds, err := listenGroup(addr, len(b.eng.loops))
+	if err != nil {
+		return err
 	}
-	for r, fds := range b.eng.listeners {
-		if !want[r] {
-			for i, l := range b.eng.loops {
-				l.do(func() { l.removeListener(fds[i]) })
-			}
-			delete(b.eng.listeners, r)
-		}
+	b.eng.listeners[r] = fds
+	for i, l := range b.eng.loops {
+		l.do(func() { l.addListener(fds[i], r, st) })
 	}
+	return nil
 }
 
-// Close stops listening and closes open connections.
-func (b *Balancer) Close() error {
-	b.eng.mu.Lock()
-	defer b.eng.mu.Unlock()
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return nil
+func (b *Balancer) unlisten(r Route) {
+	fds := b.eng.listeners[r]
+	for i, l := range b.eng.loops {
+		l.do(func() { l.removeListener(fds[i]) })
 	}
-	b.closed = true
-	close(b.done)
-	b.mu.Unlock()
+	delete(b.eng.listeners, r)
+}
+
+// stop closes every listener and connection and ends the loops.
+func (b *Balancer) stop() {
 	for _, l := range b.eng.loops {
 		l.do(l.shutdown)
 	}
-	b.wg.Wait()
-	return nil
 }
 
 func (b *Balancer) startLoops() error {
@@ -224,8 +191,7 @@ type evloop struct {
 	exited bool
 
 	gen       uint32      // tags epoll registrations, so a stale event for a reused fd is ignored
-	dials     uint64      // numbers dials, so a recycled pair's old dial entry is known stale
-	free      []*pair     // closed pairs for reuse: fewer allocations, less collection
+	dials     uint64      // numbers dials, so an entry in dialing can tell it is stale
 	cands     []recordRef // scratch for dial
 	listeners map[int32]*lnState
 	eps       map[int32]*endpoint
@@ -442,15 +408,16 @@ func (l *evloop) expire(now time.Time) {
 			l.dial(p, now)
 		}
 	}
-	for i := 0; i < len(l.paused); i++ {
-		ln := l.paused[i]
-		if ln.removed || now.Before(ln.resume) {
-			continue
+	l.paused = slices.DeleteFunc(l.paused, func(ln *lnState) bool {
+		switch {
+		case ln.removed:
+			return true // closed while resting
+		case now.Before(ln.resume):
+			return false
 		}
-		l.paused = append(l.paused[:i], l.paused[i+1:]...)
-		i--
 		l.watchListener(ln)
-	}
+		return true
+	})
 }
 
 func (l *evloop) addListener(fd int, r Route, st *svcCounters) {
@@ -493,7 +460,7 @@ func (l *evloop) accept(ln *lnState) {
 			return
 		}
 		rawSetsockopt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) // as Go's net does: the balancer forwards whole messages
-		p := l.newPair(ln.route, ln.st)
+		p := &pair{route: ln.route, st: ln.st}
 		ln.st.conns.Add(1)
 		ln.st.active.Add(1)
 		now := time.Now()
@@ -750,19 +717,6 @@ func (l *evloop) closePair(p *pair) {
 	l.closeEndpoint(&p.client)
 	l.closeEndpoint(&p.backend)
 	p.st.active.Add(-1)
-	if len(l.free) < 1024 {
-		l.free = append(l.free, p)
-	}
-}
-
-func (l *evloop) newPair(r Route, st *svcCounters) *pair {
-	if n := len(l.free); n > 0 {
-		p := l.free[n-1]
-		l.free = l.free[:n-1]
-		*p = pair{route: r, st: st, tried: p.tried[:0]}
-		return p
-	}
-	return &pair{route: r, st: st}
 }
 
 // shutdown closes every listener and connection of the loop and ends it.

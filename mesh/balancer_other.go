@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -20,65 +19,37 @@ type engine struct {
 	conns     map[net.Conn]struct{}
 }
 
-// SetRoutes opens a listener for every new route and closes those of
-// routes that went away. A port that cannot be bound is logged and tried
-// again on the next call.
-func (b *Balancer) SetRoutes(routes []Route) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return
+func (b *Balancer) listen(r Route, addr string, _ *svcCounters) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
 	}
 	if b.eng.listeners == nil {
 		b.eng.listeners, b.eng.conns = map[Route]net.Listener{}, map[net.Conn]struct{}{}
 	}
-	want := map[Route]bool{}
-	for _, r := range routes {
-		want[r] = true
-		if _, ok := b.eng.listeners[r]; ok {
-			continue
-		}
-		addr := net.JoinHostPort(b.cfg.ListenHost, strconv.Itoa(r.Port))
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			b.log.Warn("balancer cannot listen", "service", r.Service, "addr", addr, "err", err)
-			continue
-		}
-		b.eng.listeners[r] = ln
-		if b.stats[r.Service] == nil {
-			b.stats[r.Service] = &svcCounters{}
-		}
-		b.log.Info("balancing", "service", r.Service, "port", r.PortName, "addr", ln.Addr().String())
-		b.wg.Add(1)
-		go b.accept(r, ln)
-	}
-	for r, ln := range b.eng.listeners {
-		if !want[r] {
-			ln.Close()
-			delete(b.eng.listeners, r)
-		}
-	}
+	b.eng.listeners[r] = ln
+	b.wg.Add(1)
+	go b.accept(r, ln)
+	return nil
 }
 
-// Close stops listening and closes open connections.
-func (b *Balancer) Close() error {
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return nil
-	}
-	b.closed = true
-	close(b.done)
+func (b *Balancer) unlisten(r Route) {
+	b.eng.listeners[r].Close()
+	delete(b.eng.listeners, r)
+}
+
+// stop closes every listener and connection; closed is already set, so
+// accept takes no more.
+func (b *Balancer) stop() {
 	for r, ln := range b.eng.listeners {
 		ln.Close()
 		delete(b.eng.listeners, r)
 	}
+	b.mu.Lock()
 	for c := range b.eng.conns {
 		c.Close()
 	}
 	b.mu.Unlock()
-	b.wg.Wait()
-	return nil
 }
 
 func (b *Balancer) accept(r Route, ln net.Listener) {

@@ -57,6 +57,19 @@ func startBalancer(t *testing.T, cfg BalancerConfig, recs ...shoal.Record) (*Bal
 	return lb, net.JoinHostPort(cfg.ListenHost, strconv.Itoa(port))
 }
 
+// dialLB connects to the balancer at addr; the connection is closed with
+// the test and gives up after d.
+func dialLB(t *testing.T, addr string, d time.Duration) *net.TCPConn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(d))
+	return c.(*net.TCPConn)
+}
+
 func pattern(n int, seed uint64) []byte {
 	r := rand.New(rand.NewPCG(seed, seed))
 	b := make([]byte, n)
@@ -152,13 +165,8 @@ func TestBalancerStreams(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			rec := tcpBackend(t, "tcp", "127.0.0.1:0", tt.backend)
 			lb, addr := startBalancer(t, BalancerConfig{}, rec)
-			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(30 * time.Second))
-			tt.client(t, c.(*net.TCPConn))
+			c := dialLB(t, addr, 30*time.Second)
+			tt.client(t, c)
 			c.Close()
 			waitFor(t, 5*time.Second, "the connection closed on the balancer", func() bool { return lb.Stats()["web"].Active == 0 })
 			if st := lb.Stats()["web"]; st.BytesIn+st.BytesOut < size {
@@ -201,11 +209,7 @@ func TestBalancerDialTimeout(t *testing.T) {
 	good := tcpBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) { io.WriteString(c, "ok") })
 	lb, addr := startBalancer(t, BalancerConfig{DialTimeout: 150 * time.Millisecond}, hole, good)
 	for i := range 12 {
-		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c := dialLB(t, addr, 5*time.Second)
 		got, err := io.ReadAll(c)
 		c.Close()
 		if err != nil || string(got) != "ok" {
@@ -222,12 +226,7 @@ func TestBalancerDialTimeout(t *testing.T) {
 func TestBalancerRouteRemovalAndClose(t *testing.T) {
 	rec := tcpBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) { io.Copy(c, c) })
 	lb, addr := startBalancer(t, BalancerConfig{}, rec)
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := dialLB(t, addr, 10*time.Second)
 	echo := func(msg string) error {
 		if _, err := io.WriteString(c, msg); err != nil {
 			return err
@@ -279,12 +278,7 @@ func TestBalancerIPv6(t *testing.T) {
 	}
 	rec := tcpBackend(t, "tcp", "[::1]:0", func(c net.Conn) { io.WriteString(c, "six") })
 	_, addr := startBalancer(t, BalancerConfig{ListenHost: "::1"}, rec)
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c := dialLB(t, addr, 5*time.Second)
 	if got, err := io.ReadAll(c); err != nil || string(got) != "six" {
 		t.Fatalf("%q, %v", got, err)
 	}
