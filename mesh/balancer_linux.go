@@ -3,6 +3,7 @@
 package mesh
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"net"
@@ -36,7 +37,6 @@ const (
 	relayBufSize = 32 << 10 // a read that fills less has drained the socket
 	holdWait     = 1        // ms an event loop waits for events before it lets its P go
 	acceptBatch  = 32       // accepts per readiness, so one port cannot starve the rest
-	listenDepth  = 4096     // capped by net.core.somaxconn
 	epollEdge    = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 )
 
@@ -109,22 +109,19 @@ func (b *Balancer) startLoops() error {
 }
 
 // listenGroup binds n listening sockets sharing addr by SO_REUSEPORT, the
-// kernel spreading connections over them. A plain listen first proves the
-// port free, so the group cannot silently join another process's sockets.
+// kernel spreading connections over them, and returns their descriptors
+// for the loops' own epoll sets. A plain listen first proves the port
+// free, so the group cannot silently join another process's sockets.
 func listenGroup(addr string, n int) ([]int, error) {
 	probe, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	ta := probe.Addr().(*net.TCPAddr)
+	bound := probe.Addr().String()
 	probe.Close()
-	ip, ok := netip.AddrFromSlice(ta.IP)
-	if !ok {
-		return nil, fmt.Errorf("listen %s: address %v", addr, ta.IP)
-	}
 	var fds []int
 	for range n {
-		fd, err := listenReusePort(ip.Unmap(), ta.Port)
+		fd, err := listenFD(bound)
 		if err != nil {
 			for _, fd := range fds {
 				unix.Close(fd)
@@ -136,37 +133,24 @@ func listenGroup(addr string, n int) ([]int, error) {
 	return fds, nil
 }
 
-func listenReusePort(ip netip.Addr, port int) (int, error) {
-	family, sa := sockaddr(ip, port)
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+// listenFD listens on addr in the SO_REUSEPORT group and takes the socket
+// out of Go's netpoller: a duplicate descriptor (non-blocking like the
+// original, the flag being the socket's) outlives closing the listener.
+func listenFD(addr string) (int, error) {
+	ln, err := reusePort.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return -1, err
 	}
-	err = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-	if err == nil {
-		err = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-	}
-	if err == nil && family == unix.AF_INET6 && ip.IsUnspecified() {
-		err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0) // both stacks, as net.Listen
-	}
-	if err == nil {
-		err = unix.Bind(fd, sa)
-	}
-	if err == nil {
-		err = unix.Listen(fd, listenDepth)
-	}
+	defer ln.Close()
+	raw, err := ln.(*net.TCPListener).SyscallConn()
 	if err != nil {
-		unix.Close(fd)
 		return -1, err
 	}
-	return fd, nil
-}
-
-func sockaddr(ip netip.Addr, port int) (int, unix.Sockaddr) {
-	if ip.Is4() {
-		return unix.AF_INET, &unix.SockaddrInet4{Port: port, Addr: ip.As4()}
+	fd, derr := -1, error(nil)
+	if err := raw.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
 	}
-	return unix.AF_INET6, &unix.SockaddrInet6{Port: port, Addr: ip.As16()}
+	return fd, derr
 }
 
 // dialNonblock starts a connection to an instance; it completes when the

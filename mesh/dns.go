@@ -192,19 +192,10 @@ func reusePortGroup(pc *net.UDPConn, n int) ([]*net.UDPConn, error) {
 		return []*net.UDPConn{pc}, nil
 	}
 	addr := pc.LocalAddr().String()
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		if err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-		}); err != nil {
-			return err
-		}
-		return serr
-	}}
 	pc.Close()
 	var group []*net.UDPConn
 	for range n {
-		c, err := lc.ListenPacket(context.Background(), "udp", addr)
+		c, err := reusePort.ListenPacket(context.Background(), "udp", addr)
 		if err != nil {
 			for _, g := range group {
 				g.Close()
@@ -221,6 +212,19 @@ func reusePortGroup(pc *net.UDPConn, n int) ([]*net.UDPConn, error) {
 	}
 	return group, nil
 }
+
+// reusePort makes sockets that share their port (SO_REUSEPORT), for the
+// DNS's UDP group and the balancer's listeners. Bind the port plainly
+// first, to prove it free: a group does not refuse another process's.
+var reusePort = net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	}); err != nil {
+		return err
+	}
+	return serr
+}}
 
 // Run serves until ctx is cancelled.
 func (d *DNS) Run(ctx context.Context) error {
