@@ -16,6 +16,7 @@ CONNS=${CONNS:-64}
 source "$(dirname "$0")/lib.sh"
 bench_init
 bench_need haproxy:haproxy wrk:wrk
+bench_ports_free 19001 19002 19003 18080 18081
 
 go build -o "$tmp/meshbench" ./bench/cmd/meshbench
 backends=127.0.0.1:19001,127.0.0.1:19002,127.0.0.1:19003

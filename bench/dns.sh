@@ -15,6 +15,7 @@ CLIENTS=${CLIENTS:-8}
 source "$(dirname "$0")/lib.sh"
 bench_init
 bench_need dnsperf:dnsperf unbound:unbound dig:bind9-dnsutils
+bench_ports_free 18600 18601
 # Debian starts unbound as a service on install; this script runs its own.
 
 go build -o "$tmp/meshbench" ./bench/cmd/meshbench

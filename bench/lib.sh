@@ -18,14 +18,21 @@ bench_cleanup() {
 	rm -rf "$tmp"
 }
 
-# bench_need installs the Debian packages of commands that are missing:
-# bench_need command:package ...
+# bench_need installs what Shoal needs and the Debian packages of missing
+# commands: bench_need command:package ...
 bench_need() {
-	local need=() pair
-	for pair in "$@"; do
-		command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
+	./scripts/install-deps "$@"
+}
+
+# bench_ports_free fails when anything listens on a port the script is
+# about to use: it would otherwise measure that instead.
+bench_ports_free() {
+	local p
+	for p in "$@"; do
+		if [[ -n $(ss -HltunO "sport = :$p") ]]; then
+			echo "port $p is in use; stop what listens there first:" >&2
+			ss -ltunp "sport = :$p" >&2
+			exit 1
+		fi
 	done
-	if ((${#need[@]})); then
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-	fi
 }

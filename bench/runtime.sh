@@ -19,10 +19,9 @@ COUNT=${COUNT:-6}
 BENCHTIME=${BENCHTIME:-3x}
 BENCHSTAT=golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
 
-if [[ ! -f go.mod ]] || ! grep -q '^module github.com/shoal-run/shoal$' go.mod; then
-	echo "run from the repository root: bench/runtime.sh" >&2
-	exit 2
-fi
+source "$(dirname "$0")/lib.sh"
+bench_init
+bench_need # containerd and runc
 
 out=bench/out
 mkdir -p "$out"

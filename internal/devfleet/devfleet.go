@@ -533,8 +533,9 @@ func (f *Fleet) RemoveContainers(ctx context.Context, i int) error {
 	}
 	var errs []error
 	for _, c := range cs {
-		// A task can take a moment to die after the kill: retry, or
-		// its shim and snapshot would outlive the fleet.
+		// DeleteContainer waits for the task to exit; a delete that
+		// still fails is tried again a few times, or the container's
+		// shim and snapshot would outlive the fleet.
 		var err error
 		for try := 0; try < 5; try++ {
 			if err = runtime.DeleteContainer(ctx, c, 0); err == nil {
