@@ -36,8 +36,12 @@ type BalancerConfig struct {
 	// the Go runtime while it has traffic; default one fewer than
 	// GOMAXPROCS, at least one. A process that raises GOMAXPROCS by Loops
 	// gets a loop per core without taking Ps from its other work.
-	Loops  int
-	Logger *slog.Logger
+	Loops int
+	// Generation, when set, changes whenever src's records do (Mesh's
+	// Generation): a route's candidates are then worked out once per
+	// change rather than for every connection, as the DNS caches replies.
+	Generation func() uint64
+	Logger     *slog.Logger
 }
 
 // ServiceStats are a service's counters.
@@ -61,7 +65,8 @@ type Balancer struct {
 	routes   map[Route]bool // those listened on
 
 	mu     sync.Mutex
-	active map[string]*int64 // backend addr:port → open connections
+	cands  map[Route]candidateSet // with cfg.Generation
+	active map[string]*int64      // backend addr:port → open connections
 	stats  map[string]*svcCounters
 	closed bool
 	done   chan struct{} // closed by Close: queued connections give up
@@ -87,7 +92,7 @@ func NewBalancer(cfg BalancerConfig, src func() []shoal.Record) *Balancer {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Balancer{cfg: cfg, src: src, log: cfg.Logger, done: make(chan struct{}), routes: map[Route]bool{},
+	return &Balancer{cfg: cfg, src: src, log: cfg.Logger, done: make(chan struct{}), routes: map[Route]bool{}, cands: map[Route]candidateSet{},
 		active: map[string]*int64{}, stats: map[string]*svcCounters{}}
 }
 
@@ -121,6 +126,9 @@ func (b *Balancer) SetRoutes(routes []Route) {
 		if !want[r] {
 			b.unlisten(r)
 			delete(b.routes, r)
+			b.mu.Lock()
+			delete(b.cands, r)
+			b.mu.Unlock()
 		}
 	}
 }
@@ -156,9 +164,32 @@ func (b *Balancer) Run(ctx context.Context) error {
 	return b.Close()
 }
 
+type candidateSet struct {
+	gen  uint64
+	recs []shoal.Record
+}
+
 // candidates are the healthy instances of a route; local ones only, when
-// any is healthy, to save a network hop.
+// any is healthy, to save a network hop. Callers do not modify them.
 func (b *Balancer) candidates(r Route) []shoal.Record {
+	if b.cfg.Generation == nil {
+		return b.candidatesOf(r)
+	}
+	gen := b.cfg.Generation() // before the records: a change meanwhile is seen next time
+	b.mu.Lock()
+	c, ok := b.cands[r]
+	b.mu.Unlock()
+	if ok && c.gen == gen {
+		return c.recs
+	}
+	recs := b.candidatesOf(r)
+	b.mu.Lock()
+	b.cands[r] = candidateSet{gen: gen, recs: recs}
+	b.mu.Unlock()
+	return recs
+}
+
+func (b *Balancer) candidatesOf(r Route) []shoal.Record {
 	var local, all []shoal.Record
 	for _, rec := range b.src() {
 		if rec.Service != r.Service || rec.PortName != r.PortName || !rec.Healthy {

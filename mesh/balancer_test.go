@@ -283,3 +283,46 @@ func TestBalancerIPv6(t *testing.T) {
 		t.Fatalf("%q, %v", got, err)
 	}
 }
+
+// TestBalancerCandidatesPerGeneration: with a Generation, the records are
+// read once per change, not for every connection, and a change is seen.
+func TestBalancerCandidatesPerGeneration(t *testing.T) {
+	one := tcpBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) { io.WriteString(c, "one") })
+	two := tcpBackend(t, "tcp", "127.0.0.1:0", func(c net.Conn) { io.WriteString(c, "two") })
+	var mu sync.Mutex
+	recs, gen, reads := []shoal.Record{one}, uint64(1), 0
+	lb := NewBalancer(BalancerConfig{ListenHost: "127.0.0.1", Logger: quiet,
+		Generation: func() uint64 { mu.Lock(); defer mu.Unlock(); return gen }},
+		func() []shoal.Record { mu.Lock(); defer mu.Unlock(); reads++; return recs })
+	t.Cleanup(func() { lb.Close() })
+	port := freeUDPTCPPort(t)
+	lb.SetRoutes([]Route{{Service: "web", PortName: "tcp", Port: port}})
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	get := func() string {
+		c := dialLB(t, addr, 5*time.Second)
+		b, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	for i := range 5 {
+		if got := get(); got != "one" {
+			t.Fatalf("connection %d: %q", i, got)
+		}
+	}
+	mu.Lock()
+	if reads != 1 {
+		t.Errorf("records read %d times for 5 connections in one generation", reads)
+	}
+	recs, gen = []shoal.Record{two}, gen+1
+	mu.Unlock()
+	if got := get(); got != "two" {
+		t.Fatalf("after a new generation: %q", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if reads != 2 {
+		t.Errorf("records read %d times, want 2 after one change", reads)
+	}
+}

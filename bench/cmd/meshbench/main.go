@@ -110,11 +110,11 @@ func balancer(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	// As the agent does (cmd/shoal/agent_run.go): a loop per core, and
+	// As the agent does (cmd/shoal/agent_run.go): a loop per CPU, and
 	// as many more Ps.
-	loops := runtime.NumCPU()
-	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + loops)
-	lb := mesh.NewBalancer(mesh.BalancerConfig{ListenHost: *host, LocalNode: "bench", Loops: loops,
+	loops := runtime.GOMAXPROCS(0)
+	runtime.GOMAXPROCS(2 * loops)
+	lb := mesh.NewBalancer(mesh.BalancerConfig{ListenHost: *host, LocalNode: "bench", Loops: loops, Generation: func() uint64 { return 0 },
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, func() []shoal.Record { return rs })
 	lb.SetRoutes([]mesh.Route{{Service: "web", PortName: "http", Port: *port}})
 	return lb.Run(ctx)
