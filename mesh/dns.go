@@ -213,9 +213,9 @@ func reusePortGroup(pc *net.UDPConn, n int) ([]*net.UDPConn, error) {
 	return group, nil
 }
 
-// reusePort makes sockets that share their port (SO_REUSEPORT), for the
-// DNS's UDP group and the balancer's listeners. Bind the port plainly
-// first, to prove it free: a group does not refuse another process's.
+// reusePort makes sockets that share their port (SO_REUSEPORT). Bind the
+// port plainly first, to prove it free: a group does not refuse another
+// process's.
 var reusePort = net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 	var serr error
 	if err := c.Control(func(fd uintptr) {
