@@ -9,13 +9,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/shoal-run/shoal"
 	"github.com/shoal-run/shoal/gitsync"
+	"github.com/shoal-run/shoal/mesh"
 )
 
 func init() {
@@ -53,14 +53,9 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 	if err := cfg.finish(); err != nil {
 		return 1, err
 	}
-	// The balancer runs an event loop per CPU and each keeps a P while
-	// traffic flows (mesh/balancer_linux.go): as many more Ps let Serf, DNS
-	// and the collector run beside them. Only here, where the agent owns
-	// the process; in-process agents (tests) use the balancer's default.
-	// GOMAXPROCS, not NumCPU: it is what the process may use (a cgroup's
-	// CPU limit, not the host's cores).
-	cfg.balancerLoops = runtime.GOMAXPROCS(0)
-	runtime.GOMAXPROCS(2 * cfg.balancerLoops)
+	// Only here, where the agent owns the process; in-process agents
+	// (tests) use the balancer's default.
+	cfg.balancerLoops = mesh.ReserveProcs()
 	log := newLogger(stderr, cfg.LogLevel).With("node", cfg.NodeName)
 	a, err := newAgent(ctx, cfg, log)
 	if err != nil {

@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -110,10 +109,7 @@ func balancer(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	// As the agent does (cmd/shoal/agent_run.go): a loop per CPU, and
-	// as many more Ps.
-	loops := runtime.GOMAXPROCS(0)
-	runtime.GOMAXPROCS(2 * loops)
+	loops := mesh.ReserveProcs() // as the agent runs
 	lb := mesh.NewBalancer(mesh.BalancerConfig{ListenHost: *host, LocalNode: "bench", Loops: loops, Generation: func() uint64 { return 0 },
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, func() []shoal.Record { return rs })
 	lb.SetRoutes([]mesh.Route{{Service: "web", PortName: "http", Port: *port}})
@@ -143,6 +139,7 @@ func dnsServer(ctx context.Context, args []string) error {
 				Addr: fmt.Sprintf("10.0.%d.%d", s, i+1), PortName: "http", Port: 20000 + i, Healthy: true})
 		}
 	}
+	mesh.ReserveProcs() // as the agent runs
 	d := mesh.NewDNS(mesh.DNSConfig{Addr: *addr, BalancerAddr: "127.0.0.1", Upstreams: []string{"127.0.0.1:1"},
 		Services: func() []string { return names }, Generation: func() uint64 { return 1 }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
 		func() []shoal.Record { return rs })
