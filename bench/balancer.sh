@@ -13,6 +13,9 @@ set -euo pipefail
 
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
+# THREADS: the agent's --balancer-threads; default one per CPU, 0 for the
+# agent's default.
+THREADS=${THREADS:-$(nproc)}
 source "$(dirname "$0")/lib.sh"
 bench_init
 bench_need haproxy:haproxy wrk:wrk
@@ -24,7 +27,7 @@ for port in 19001 19002 19003; do
 	"$tmp/meshbench" backend --addr 127.0.0.1:$port &
 	pids+=($!)
 done
-"$tmp/meshbench" lb --host 127.0.0.1 --port 18080 --backends $backends &
+"$tmp/meshbench" lb --host 127.0.0.1 --port 18080 --backends $backends --balancer-threads "$THREADS" &
 pids+=($!)
 cat >"$tmp/haproxy.cfg" <<CFG
 global

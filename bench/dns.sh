@@ -12,6 +12,9 @@ set -euo pipefail
 DURATION=${DURATION:-10}
 SERVICES=${SERVICES:-20}
 CLIENTS=${CLIENTS:-8}
+# THREADS: the agent's --balancer-threads; default one per CPU, 0 for the
+# agent's default.
+THREADS=${THREADS:-$(nproc)}
 source "$(dirname "$0")/lib.sh"
 bench_init
 bench_need dnsperf:dnsperf unbound:unbound dig:bind9-dnsutils
@@ -19,7 +22,7 @@ bench_ports_free 18600 18601
 # Debian starts unbound as a service on install; this script runs its own.
 
 go build -o "$tmp/meshbench" ./bench/cmd/meshbench
-"$tmp/meshbench" dns --addr 127.0.0.1:18600 --services "$SERVICES" &
+"$tmp/meshbench" dns --addr 127.0.0.1:18600 --services "$SERVICES" --balancer-threads "$THREADS" &
 pids+=($!)
 
 # The same names and addresses as meshbench dns: svcN.service.shoal has

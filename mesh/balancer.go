@@ -152,17 +152,14 @@ func (b *Balancer) Close() error {
 	return nil
 }
 
-// ReserveProcs sets a process up as the agent runs: one balancer loop per
-// CPU it may use (GOMAXPROCS, which follows a cgroup's CPU limit, not
-// NumCPU), and as many more Ps, so Serf, DNS and the collector run beside
-// loops that keep theirs — and so Ps are idle and Go's sysmon does not
-// take Ps back from system calls every 20 µs (a tenth of the CPU of both
-// the balancer and the DNS under load, measured). It returns the loops,
-// for BalancerConfig.Loops. Call it once, at start.
-func ReserveProcs() (loops int) {
-	loops = runtime.GOMAXPROCS(0)
-	runtime.GOMAXPROCS(2 * loops)
-	return loops
+// ReserveProcs adds loops Ps for loops balancer event loops, which keep
+// theirs while traffic flows, so Serf, DNS and the collector still have
+// as many as before — and Ps stay idle, so Go's sysmon does not take Ps
+// back from system calls every 20 µs (a tenth of the CPU of both the
+// balancer and the DNS under load, measured). Call it once, at start, and
+// pass loops as BalancerConfig.Loops.
+func ReserveProcs(loops int) {
+	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + loops)
 }
 
 // queuePoll is how often a queued connection looks for an instance again.

@@ -186,3 +186,13 @@ func TestAgentOneNode(t *testing.T) {
 	}
 	_ = shoal.Slot{}
 }
+
+// TestAgentBalancerThreadsFlag: a negative thread count is refused by
+// name before anything starts.
+func TestAgentBalancerThreadsFlag(t *testing.T) {
+	var stderr strings.Builder
+	code, err := runAgent(t.Context(), []string{"--repo", t.TempDir(), "--balancer-threads", "-1"}, io.Discard, &stderr)
+	if code == 0 || err == nil || !strings.Contains(err.Error(), "--balancer-threads -1") {
+		t.Fatalf("exit %d, err %v", code, err)
+	}
+}

@@ -74,7 +74,7 @@ func (a *agent) build(ctx context.Context) error {
 
 	a.dns = mesh.NewDNS(mesh.DNSConfig{Addr: cfg.DNS, BalancerAddr: ingress, Upstreams: cfg.DNSUpstreams, Logger: a.log.With("part", "dns"), Services: a.serviceNames, Generation: m.Generation}, m.Records)
 	a.parts.runs = append(a.parts.runs, a.dns.Run)
-	a.lb = mesh.NewBalancer(mesh.BalancerConfig{ListenHost: cfg.Ingress, LocalNode: cfg.NodeName, Loops: cfg.balancerLoops, Generation: m.Generation, Logger: a.log.With("part", "balancer")}, m.Records)
+	a.lb = mesh.NewBalancer(mesh.BalancerConfig{ListenHost: cfg.Ingress, LocalNode: cfg.NodeName, Loops: cfg.BalancerThreads, Generation: m.Generation, Logger: a.log.With("part", "balancer")}, m.Records)
 	a.parts.runs = append(a.parts.runs, a.lb.Run)
 	a.parts.closers = append(a.parts.closers, a.lb.Close)
 

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -76,6 +77,12 @@ func records(backends string) ([]shoal.Record, error) {
 	return rs, nil
 }
 
+// threadsFlag is the agent's --balancer-threads, which sets the process
+// up for the balancer's loops (DNS shares the process, so it counts too).
+func threadsFlag(fs *flag.FlagSet) *int {
+	return fs.Int("balancer-threads", runtime.GOMAXPROCS(0), "as shoal agent --balancer-threads: 0 for the agent's default, N for N loops and N more Ps")
+}
+
 // startProfile writes a CPU profile to path until stop; no path, no profile.
 func startProfile(path string) (stop func(), err error) {
 	if path == "" {
@@ -99,6 +106,7 @@ func balancer(ctx context.Context, args []string) error {
 	port := fs.Int("port", 18080, "service port")
 	backends := fs.String("backends", "127.0.0.1:19001", "comma-separated backend addresses")
 	profile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
+	threads := threadsFlag(fs)
 	fs.Parse(args)
 	stop, err := startProfile(*profile)
 	if err != nil {
@@ -109,8 +117,8 @@ func balancer(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	loops := mesh.ReserveProcs() // as the agent runs
-	lb := mesh.NewBalancer(mesh.BalancerConfig{ListenHost: *host, LocalNode: "bench", Loops: loops, Generation: func() uint64 { return 0 },
+	mesh.ReserveProcs(*threads)
+	lb := mesh.NewBalancer(mesh.BalancerConfig{ListenHost: *host, LocalNode: "bench", Loops: *threads, Generation: func() uint64 { return 0 },
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, func() []shoal.Record { return rs })
 	lb.SetRoutes([]mesh.Route{{Service: "web", PortName: "http", Port: *port}})
 	return lb.Run(ctx)
@@ -123,6 +131,7 @@ func dnsServer(ctx context.Context, args []string) error {
 	addr := fs.String("addr", "127.0.0.1:18600", "listen address")
 	n := fs.Int("services", 20, "number of services")
 	profile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
+	threads := threadsFlag(fs)
 	fs.Parse(args)
 	stop, err := startProfile(*profile)
 	if err != nil {
@@ -139,7 +148,7 @@ func dnsServer(ctx context.Context, args []string) error {
 				Addr: fmt.Sprintf("10.0.%d.%d", s, i+1), PortName: "http", Port: 20000 + i, Healthy: true})
 		}
 	}
-	mesh.ReserveProcs() // as the agent runs
+	mesh.ReserveProcs(*threads)
 	d := mesh.NewDNS(mesh.DNSConfig{Addr: *addr, BalancerAddr: "127.0.0.1", Upstreams: []string{"127.0.0.1:1"},
 		Services: func() []string { return names }, Generation: func() uint64 { return 1 }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))},
 		func() []shoal.Record { return rs })
