@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"sort"
@@ -86,13 +87,14 @@ type Mesh struct {
 	gone  map[string]peerRecords
 	pulls atomic.Int64 // record sets pulled, for tests and debugging
 	// pullSoon: nodes whose digest-only event announced a set not held.
-	pullSoon  map[string]string
-	announced map[string]bool
-	annOrder  []string                        // announced, oldest first, to keep it bounded
-	loads     map[string]map[string]loadEntry // node → service → traffic report
-	suppress  bool                            // tests: do not broadcast record events
-	frozen    bool                            // tests: leave the digest in the tags as it is
-	paused    map[string]time.Time            // failed members that said they restart → when
+	pullSoon    map[string]string
+	announced   map[string]bool
+	annOrder    []string                        // announced, oldest first, to keep it bounded
+	loads       map[string]map[string]loadEntry // node → service → traffic report
+	suppress    bool                            // tests: do not broadcast record events
+	frozen      bool                            // tests: leave the digest in the tags as it is
+	paused      map[string]time.Time            // failed members that said they restart → when
+	restartSaid map[string]time.Time            // alive members that announced a restart → when
 
 	joined atomic.Bool
 
@@ -135,7 +137,7 @@ func New(cfg Config) (*Mesh, error) {
 	m := &Mesh{
 		cfg: cfg, log: cfg.Logger,
 		events: make(chan serf.Event, 1024), changes: make(chan struct{}, 1), pullNow: make(chan struct{}, 1),
-		peers: map[string]peerRecords{}, gone: map[string]peerRecords{}, pullSoon: map[string]string{}, announced: map[string]bool{}, loads: map[string]map[string]loadEntry{}, paused: map[string]time.Time{}, closed: make(chan struct{}),
+		peers: map[string]peerRecords{}, gone: map[string]peerRecords{}, pullSoon: map[string]string{}, announced: map[string]bool{}, loads: map[string]map[string]loadEntry{}, paused: map[string]time.Time{}, restartSaid: map[string]time.Time{}, closed: make(chan struct{}),
 	}
 	// No digest until the first SetLocalRecords: an agent that restarts
 	// has not yet looked at the containers it kept, and an empty set
@@ -194,7 +196,8 @@ type slogWriter struct{ log *slog.Logger }
 func (w *slogWriter) Write(p []byte) (int, error) {
 	line := strings.TrimSpace(string(p))
 	switch {
-	case strings.Contains(line, "[ERR]"):
+	case strings.Contains(line, "[ERR]"), strings.Contains(line, "[WARN]"):
+		// Suspicions and failed probes: what explains a false failure.
 		w.log.Warn(line)
 	default:
 		w.log.Debug(line)
@@ -268,15 +271,23 @@ func (m *Mesh) handle(ev serf.Event) {
 	switch e := ev.(type) {
 	case serf.MemberEvent:
 		for _, mb := range e.Members {
+			if e.Type != serf.EventMemberUpdate {
+				lvl := slog.LevelInfo
+				if e.Type == serf.EventMemberFailed {
+					lvl = slog.LevelWarn
+				}
+				m.log.Log(context.Background(), lvl, "membership", "event", e.Type.String(), "member", mb.Name, "addr", mb.Addr.String())
+			}
 			m.mu.Lock()
 			switch {
-			case e.Type == serf.EventMemberFailed && mb.Tags["p"] == "1":
+			case e.Type == serf.EventMemberFailed && (mb.Tags["p"] == "1" || m.saidRestart(mb.Name)):
 				// It said it is restarting with its containers kept: keep
 				// its records and its place for the grace period.
 				m.paused[mb.Name] = time.Now()
 			case e.Type == serf.EventMemberReap:
 				delete(m.peers, mb.Name)
 				delete(m.paused, mb.Name)
+				delete(m.restartSaid, mb.Name)
 				delete(m.gone, mb.Name)
 				delete(m.pullSoon, mb.Name)
 			case e.Type == serf.EventMemberFailed, e.Type == serf.EventMemberLeave:
@@ -285,6 +296,7 @@ func (m *Mesh) handle(ev serf.Event) {
 				delete(m.paused, mb.Name)
 			case e.Type == serf.EventMemberJoin:
 				delete(m.paused, mb.Name)
+				delete(m.restartSaid, mb.Name)
 			}
 			m.mu.Unlock()
 		}
@@ -387,25 +399,69 @@ func (m *Mesh) expireGrace() {
 }
 
 // Pause stops gossip for a restart that keeps this node's containers:
-// peers are told first (a tag), then the agent goes quiet without leaving,
-// so they keep its records and its slots for RestartGrace instead of
-// moving them. A crash gives no such notice: its slots move at once.
+// peers are told first, then the agent goes quiet without leaving, so
+// they keep its records and its slots for RestartGrace instead of moving
+// them. A crash gives no such notice: its slots move at once.
 func (m *Mesh) Pause() error {
 	var err error
 	m.closeOnce.Do(func() {
 		close(m.closed)
-		m.mu.Lock()
-		t := decodeTags(m.tags)
-		m.mu.Unlock()
-		tags := encodeTags(t)
-		tags["p"] = "1"
-		if terr := m.serf.SetTags(tags); terr == nil {
-			// Let the tag reach the fleet: a few gossip rounds.
-			time.Sleep(10 * m.cfg.GossipInterval)
-		}
+		m.announceRestart()
 		err = m.serf.Shutdown()
 	})
 	return err
+}
+
+// pauseTimeout bounds how long Pause waits for its peers' word.
+const pauseTimeout = 2 * time.Second
+
+// announceRestart tells every alive peer that this node restarts, and
+// waits until each has said it heard, or pauseTimeout: a tag alone
+// spreads by gossip, with no way to know it arrived before the process
+// is gone (under load it often had not, and peers moved the slots). The
+// tag stays, for a member that misses the query.
+func (m *Mesh) announceRestart() {
+	m.mu.Lock()
+	t := decodeTags(m.tags)
+	m.mu.Unlock()
+	tags := encodeTags(t)
+	tags["p"] = "1"
+	if err := m.serf.SetTags(tags); err != nil {
+		m.log.Warn("restart tag", "err", err)
+	}
+	want := map[string]bool{}
+	for _, mb := range m.serf.Members() {
+		if mb.Status == serf.StatusAlive && mb.Name != m.cfg.NodeName {
+			want[mb.Name] = true
+		}
+	}
+	if len(want) == 0 {
+		return
+	}
+	resp, err := m.serf.Query(restartQuery, nil, &serf.QueryParam{Timeout: pauseTimeout})
+	if err != nil {
+		m.log.Warn("announce restart", "err", err)
+		return
+	}
+	defer resp.Close()
+	for r := range resp.ResponseCh() { // closed at the deadline
+		delete(want, r.From)
+		if len(want) == 0 {
+			return
+		}
+	}
+	m.log.Warn("restart announced; not every peer confirmed, they will move this node's slots", "unconfirmed", slices.Sorted(maps.Keys(want)))
+}
+
+// restartQuery is the Serf query a pausing node sends; a peer answers
+// once it will keep the sender's records through its failure.
+const restartQuery = "restart"
+
+// saidRestart reports whether name announced a restart within the grace
+// period. m.mu is held.
+func (m *Mesh) saidRestart(name string) bool {
+	at, ok := m.restartSaid[name]
+	return ok && time.Since(at) < m.cfg.RestartGrace
 }
 
 // SetRevision puts the Git commit this node runs in its tags.

@@ -236,6 +236,7 @@ func FuzzDecodeTags(f *testing.F) {
 
 // TestPauseKeepsRecords: a node that pauses to restart keeps its records
 // and its place in Nodes on its peers for the grace period; then they go.
+// Also with no tag: the announcement alone is enough.
 func TestPauseKeepsRecords(t *testing.T) {
 	a := startNode(t, "a", nil)
 	b := startNode(t, "b", nil, a.m.LocalAddr())
@@ -247,6 +248,14 @@ func TestPauseKeepsRecords(t *testing.T) {
 	<-b.done
 	if err := b.m.Pause(); err != nil {
 		t.Fatal(err)
+	}
+	// Pause returns once its peers have heard, not when the tag may have
+	// spread: a's word is in by now.
+	a.m.mu.Lock()
+	heard := a.m.saidRestart("b")
+	a.m.mu.Unlock()
+	if !heard {
+		t.Fatal("Pause returned before a heard of the restart")
 	}
 	waitFor(t, 10*time.Second, "b seen as restarting", func() bool {
 		for _, mb := range a.m.Members() {

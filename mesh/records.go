@@ -289,9 +289,20 @@ func (m *Mesh) setLocked(node, digest string, rs []shoal.Record) bool {
 	return !had || old.digest != digest
 }
 
-// handleQuery answers "recs" pulls: payload is the chunk index; the answer
+// handleQuery notes restart announcements and answers "recs" pulls: payload is the chunk index; the answer
 // is 4 bytes of chunk count then the chunk.
 func (m *Mesh) handleQuery(q *serf.Query) {
+	if q.Name == restartQuery {
+		if src := q.SourceNode(); src != m.cfg.NodeName {
+			m.mu.Lock()
+			m.restartSaid[src] = time.Now()
+			m.mu.Unlock()
+			if err := q.Respond(nil); err != nil {
+				m.log.Debug("answer restart announcement", "from", src, "err", err)
+			}
+		}
+		return
+	}
 	if q.Name != "recs" || len(q.Payload) != 4 {
 		return
 	}
