@@ -100,6 +100,7 @@ type Runtime struct {
 	revision  string
 	desired   []Desired
 	told      bool // SetDesired was called: until then nothing is touched
+	observed  bool // instances holds what containerd had, at least once
 	instances []shoal.Instance
 	health    map[string]*probeState // container ID → health
 	failures  map[shoal.Slot]failureState
@@ -221,6 +222,14 @@ func (r *Runtime) Instances() []shoal.Instance {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]shoal.Instance(nil), r.instances...)
+}
+
+// Observed reports whether Instances holds what containerd has: until the
+// first look, after an agent restart, it lacks the containers kept.
+func (r *Runtime) Observed() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.observed
 }
 
 // Changes signals, coalesced, that Instances changed.
@@ -789,8 +798,8 @@ func (r *Runtime) publish(ctx context.Context, desired []Desired) error {
 		}
 		return out[i].ContainerID < out[j].ContainerID
 	})
-	if !instancesEqual(out, r.instances) {
-		r.instances = out
+	if !instancesEqual(out, r.instances) || !r.observed {
+		r.instances, r.observed = out, true
 		r.notify()
 	}
 	return nil

@@ -314,9 +314,19 @@ func TestAdoptionAfterRestart(t *testing.T) {
 	before := rt.Instances()
 	stop() // the agent goes away; containers keep running
 
+	// From its first look on, the new runtime reports the kept containers
+	// healthy: what the agent publishes to its peers through a restart.
 	rt2, _ := newRuntime(t, "t-adopt")
+	waitFor(t, 10*time.Second, "first look", rt2.Observed)
+	if !healthy(rt2, 2)() {
+		t.Fatalf("first look: %+v, want the 2 kept containers healthy", rt2.Instances())
+	}
 	rt2.SetDesired("rev1", desired(web(2, nil)))
-	waitFor(t, 10*time.Second, "adopted", healthy(rt2, 2))
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if !healthy(rt2, 2)() {
+			t.Fatalf("after SetDesired: %+v, want the 2 kept containers healthy throughout", rt2.Instances())
+		}
+	}
 	after := rt2.Instances()
 	for i := range before {
 		if before[i].ContainerID != after[i].ContainerID || !before[i].StartedAt.Equal(after[i].StartedAt) || after[i].Restarts != 0 {

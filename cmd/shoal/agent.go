@@ -123,6 +123,12 @@ func (a *agent) step(now time.Time) {
 	rev := a.rev
 	a.mu.Unlock()
 
+	if !a.rt.Observed() {
+		// Not a look at containerd yet: an empty set published now would
+		// take the records of the containers kept through a restart off
+		// every peer, and a plan would see their slots unserved.
+		return
+	}
 	instances := a.rt.Instances()
 	a.mesh.SetLocalRecords(a.publishable(instances))
 	if rev == nil {
