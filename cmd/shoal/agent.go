@@ -180,22 +180,10 @@ func (a *agent) step(now time.Time) {
 		kept[s] = true
 	}
 	a.mu.Lock()
-	draining := map[shoal.Slot]time.Time{}
-	for _, in := range instances {
-		if kept[in.Slot] || in.State == shoal.StateExited {
-			continue
-		}
-		since, ok := a.draining[in.Slot]
-		if !ok {
-			since = now
-		}
-		if now.Sub(since) < drainDelay {
-			draining[in.Slot] = since
-			keep = append(keep, in.Slot)
-		}
-	}
+	draining, stillUp := drain(instances, kept, a.draining, now, drainDelay)
 	a.draining = draining
 	a.mu.Unlock()
+	keep = append(keep, stillUp...)
 	var want []runtime.Desired
 	a.mu.Lock()
 	lastWant, proven := a.lastWant, a.proven

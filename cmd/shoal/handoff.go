@@ -52,3 +52,32 @@ func handoff(mine []shoal.Slot, owner func(shoal.Slot) (string, bool), running [
 	})
 	return keep, held
 }
+
+// drain withdraws the instances that are not kept: each stays out of the
+// records from when it was first seen leaving until it is gone, and keeps
+// running for delay (so balancers stop sending it new connections before
+// it stops). since carries the first-seen times; the returned map
+// replaces it. A slot dropped from since while its container still stops
+// would be published again, then kept again: a copy flickering back.
+func drain(instances []shoal.Instance, kept map[shoal.Slot]bool, since map[shoal.Slot]time.Time,
+	now time.Time, delay time.Duration) (draining map[shoal.Slot]time.Time, stillUp []shoal.Slot) {
+
+	draining = map[shoal.Slot]time.Time{}
+	for _, in := range instances {
+		if kept[in.Slot] || in.State == shoal.StateExited {
+			continue
+		}
+		first, ok := draining[in.Slot]
+		if !ok {
+			first, ok = since[in.Slot]
+		}
+		if !ok {
+			first = now
+		}
+		if _, seen := draining[in.Slot]; !seen && now.Sub(first) < delay {
+			stillUp = append(stillUp, in.Slot)
+		}
+		draining[in.Slot] = first
+	}
+	return draining, stillUp
+}

@@ -91,3 +91,70 @@ func TestSummarize(t *testing.T) {
 		t.Errorf("got  %+v\nwant %+v", got, want)
 	}
 }
+
+func TestDrain(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	web := func(i int) shoal.Slot { return shoal.Slot{Service: "web", Index: i} }
+	up := func(i int) shoal.Instance { return shoal.Instance{Slot: web(i), State: shoal.StateHealthy} }
+	for _, tc := range []struct {
+		name      string
+		instances []shoal.Instance
+		kept      []shoal.Slot
+		since     map[shoal.Slot]time.Time
+		now       time.Time
+		draining  map[shoal.Slot]time.Time
+		stillUp   []shoal.Slot
+	}{
+		{
+			name:      "kept: not draining",
+			instances: []shoal.Instance{up(0)}, kept: []shoal.Slot{web(0)},
+			now: t0, draining: map[shoal.Slot]time.Time{},
+		},
+		{
+			name:      "leaving: withdrawn and still up",
+			instances: []shoal.Instance{up(0), up(1)}, kept: []shoal.Slot{web(0)},
+			now: t0, draining: map[shoal.Slot]time.Time{web(1): t0}, stillUp: []shoal.Slot{web(1)},
+		},
+		{
+			name:      "delay over: stopped, still withdrawn while it stops",
+			instances: []shoal.Instance{up(1)}, since: map[shoal.Slot]time.Time{web(1): t0},
+			now: t0.Add(time.Second), draining: map[shoal.Slot]time.Time{web(1): t0},
+		},
+		{
+			name:      "long after: still withdrawn, never kept again",
+			instances: []shoal.Instance{up(1)}, since: map[shoal.Slot]time.Time{web(1): t0},
+			now: t0.Add(time.Minute), draining: map[shoal.Slot]time.Time{web(1): t0},
+		},
+		{
+			name:  "gone: forgotten",
+			since: map[shoal.Slot]time.Time{web(1): t0},
+			now:   t0.Add(2 * time.Second), draining: map[shoal.Slot]time.Time{},
+		},
+		{
+			name:      "exited: nothing to withdraw",
+			instances: []shoal.Instance{{Slot: web(1), State: shoal.StateExited}},
+			now:       t0, draining: map[shoal.Slot]time.Time{},
+		},
+		{
+			name:      "back to this node while stopping: published again",
+			instances: []shoal.Instance{up(1)}, kept: []shoal.Slot{web(1)}, since: map[shoal.Slot]time.Time{web(1): t0},
+			now: t0.Add(2 * time.Second), draining: map[shoal.Slot]time.Time{},
+		},
+		{
+			name:      "two copies of a slot (surge): one entry",
+			instances: []shoal.Instance{up(1), up(1)},
+			now:       t0, draining: map[shoal.Slot]time.Time{web(1): t0}, stillUp: []shoal.Slot{web(1)},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kept := map[shoal.Slot]bool{}
+			for _, s := range tc.kept {
+				kept[s] = true
+			}
+			draining, stillUp := drain(tc.instances, kept, tc.since, tc.now, time.Second)
+			if !reflect.DeepEqual(draining, tc.draining) || !reflect.DeepEqual(stillUp, tc.stillUp) {
+				t.Errorf("got draining %v, still up %v; want %v, %v", draining, stillUp, tc.draining, tc.stillUp)
+			}
+		})
+	}
+}
