@@ -156,11 +156,18 @@ func (b *Balancer) Close() error {
 // theirs while traffic flows, so Serf, DNS and the collector still have
 // as many as before — and Ps stay idle, so Go's sysmon does not take Ps
 // back from system calls every 20 µs (a tenth of the CPU of both the
-// balancer and the DNS under load, measured). Call it once, at start, and
-// pass loops as BalancerConfig.Loops.
+// balancer and the DNS under load, measured). Call it at start and pass
+// loops as BalancerConfig.Loops; a second call replaces the first.
 func ReserveProcs(loops int) {
-	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + loops)
+	runtime.GOMAXPROCS(baseProcs + loops)
 }
+
+// baseProcs is GOMAXPROCS as the process started: the CPUs it may use.
+var baseProcs = runtime.GOMAXPROCS(0)
+
+// CPUs is how many CPUs the process may use, as it started (before
+// ReserveProcs): the default number of loops.
+func CPUs() int { return baseProcs }
 
 // queuePoll is how often a queued connection looks for an instance again.
 const queuePoll = 50 * time.Millisecond

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/shoal-run/shoal"
+	"github.com/shoal-run/shoal/mesh"
 )
 
 // Default addresses of an agent. The gossip port follows Serf's convention
@@ -71,8 +72,8 @@ type agentConfig struct {
 	Ingress        string // host the balancer listens on for every service port
 	HandoffTimeout time.Duration
 	LogLevel       string
-	// BalancerThreads is the balancer's event loops; 0 for its default
-	// (one fewer than GOMAXPROCS). More also raises GOMAXPROCS by as many.
+	// BalancerThreads is the balancer's event loops, each with a P of its
+	// own added to GOMAXPROCS; 0 for one per CPU.
 	BalancerThreads int
 }
 
@@ -187,7 +188,7 @@ func (c *agentConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ContainerDNS, "container-dns", "auto", "DNS address on port 53 that containers' resolv.conf names: auto (the advertised address), an IP, or off")
 	fs.Var(listFlag{&c.DNSUpstreams}, "dns-upstream", "resolvers for names outside .shoal (default: /etc/resolv.conf)")
 	fs.StringVar(&c.Ingress, "ingress", "0.0.0.0", "address the balancer listens on, on every service port")
-	fs.IntVar(&c.BalancerThreads, "balancer-threads", 0, "the balancer's event loops, each keeping a thread while traffic flows; 0: one fewer than the CPUs. N > 0 also adds N to GOMAXPROCS, for a machine that runs one agent and much traffic")
+	fs.IntVar(&c.BalancerThreads, "balancer-threads", 0, fmt.Sprintf("the balancer's event loops, each keeping a thread while traffic flows; 0: one per CPU (%d here). Lower it where several agents share a machine", mesh.CPUs()))
 	fs.DurationVar(&c.ScaleDownDelay, "scale-down-delay", time.Minute, "how long traffic must ask for fewer replicas before an autoscaled service shrinks")
 	fs.DurationVar(&c.HandoffTimeout, "handoff-timeout", 30*time.Second, "how long a moved slot's old copy waits for the new one to be healthy")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
@@ -237,7 +238,9 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 func (c *agentConfig) finish() error {
 	var errs []error
 	if c.BalancerThreads < 0 {
-		errs = append(errs, fmt.Errorf("--balancer-threads %d: want 0 (the default) or more", c.BalancerThreads))
+		errs = append(errs, fmt.Errorf("--balancer-threads %d: want 1 or more, or 0 for one per CPU (%d here)", c.BalancerThreads, mesh.CPUs()))
+	} else if c.BalancerThreads == 0 {
+		c.BalancerThreads = mesh.CPUs()
 	}
 	if c.Repo == "" {
 		errs = append(errs, errors.New("--repo is required: the URL or path of the spec repository"))

@@ -53,13 +53,10 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 	if err := cfg.finish(); err != nil {
 		return 1, err
 	}
-	// Only here, where the agent owns the process. Not by default: with
-	// several agents on one machine (shoal dev, the fleet tests) the extra
-	// threads made false failure detections more frequent (3 of 8 fleet
-	// suite runs failed, 0 of 3 without).
-	if cfg.BalancerThreads > 0 {
-		mesh.ReserveProcs(cfg.BalancerThreads)
-	}
+	// Only here, where the agent owns the process: each loop gets a P of
+	// its own, so holding it while traffic flows takes none from gossip,
+	// DNS or the reconciler.
+	mesh.ReserveProcs(cfg.BalancerThreads)
 	log := newLogger(stderr, cfg.LogLevel).With("node", cfg.NodeName)
 	a, err := newAgent(ctx, cfg, log)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/shoal-run/shoal"
 	"github.com/shoal-run/shoal/gitsync/gittest"
 	"github.com/shoal-run/shoal/internal/ctrtest"
+	"github.com/shoal-run/shoal/mesh"
 )
 
 func freePort(t *testing.T) int {
@@ -188,11 +189,15 @@ func TestAgentOneNode(t *testing.T) {
 }
 
 // TestAgentBalancerThreadsFlag: a negative thread count is refused by
-// name before anything starts.
+// name before anything starts; 0 means one per CPU.
 func TestAgentBalancerThreadsFlag(t *testing.T) {
 	var stderr strings.Builder
 	code, err := runAgent(t.Context(), []string{"--repo", t.TempDir(), "--balancer-threads", "-1"}, io.Discard, &stderr)
-	if code == 0 || err == nil || !strings.Contains(err.Error(), "--balancer-threads -1") {
+	if code == 0 || err == nil || !strings.Contains(err.Error(), "--balancer-threads -1: want 1 or more") {
 		t.Fatalf("exit %d, err %v", code, err)
+	}
+	var c agentConfig // other settings missing: their errors do not matter here
+	if err := c.finish(); c.BalancerThreads != mesh.CPUs() || strings.Contains(fmt.Sprint(err), "balancer") {
+		t.Fatalf("default: %d loops (err %v), want one per CPU, %d", c.BalancerThreads, err, mesh.CPUs())
 	}
 }
