@@ -13,8 +13,10 @@ set -euo pipefail
 
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
-# THREADS: the agent's --balancer-threads; default one per CPU, 0 for the
-# agent's default.
+ROUNDS=${ROUNDS:-5}
+# THREADS: the agent's --balancer-threads (its default: one per CPU); 0 for
+# the lean setting that was the agent's default before: one loop fewer than the
+# CPUs and no Ps added.
 THREADS=${THREADS:-$(nproc)}
 source "$(dirname "$0")/lib.sh"
 bench_init
@@ -70,22 +72,29 @@ run() {
 		END { printf "%.0f %.3f\n", rps, ms }'
 }
 
-echo "wrk -t2 -c$CONNS -d$DURATION, three backends, 2 cores shared by everything"
+echo "wrk -t2 -c$CONNS -d$DURATION, three backends, 2 cores shared by everything; median of $ROUNDS pairs"
 for mode in keepalive close; do
 	args=()
 	[[ $mode == close ]] && args=(-H "Connection: close")
 	run 18080 "${args[@]}" >/dev/null # warm up both
 	run 18081 "${args[@]}" >/dev/null
-	# Interleaved, twice each, so drifting load falls on both alike.
-	s1=$(run 18080 "${args[@]}")
-	h1=$(run 18081 "${args[@]}")
-	h2=$(run 18081 "${args[@]}")
-	s2=$(run 18080 "${args[@]}")
-	awk -v mode="$mode" -v s1="$s1" -v s2="$s2" -v h1="$h1" -v h2="$h2" 'BEGIN {
-		split(s1, a, " "); split(s2, b, " "); split(h1, c, " "); split(h2, d, " ")
-		srps = (a[1] + b[1]) / 2; sp99 = (a[2] + b[2]) / 2
-		hrps = (c[1] + d[1]) / 2; hp99 = (c[2] + d[2]) / 2
-		printf "%-9s  shoal %7.0f req/s p99 %6.2f ms | haproxy %7.0f req/s p99 %6.2f ms | ratio throughput %.2fx, p99 %.2fx\n",
-			mode, srps, sp99, hrps, hp99, srps / hrps, sp99 / hp99
-	}'
+	# ROUNDS pairs, the order alternating, so drifting load falls on both
+	# alike; the ratios are the median of the pairs' (one pair is noisy:
+	# wrk, the backends and the balancer share two cores).
+	rows=()
+	for ((r = 0; r < ROUNDS; r++)); do
+		if ((r % 2 == 0)); then s=$(run 18080 "${args[@]}"); h=$(run 18081 "${args[@]}"); else h=$(run 18081 "${args[@]}"); s=$(run 18080 "${args[@]}"); fi
+		rows+=("$s $h")
+	done
+	printf '%s\n' "${rows[@]}" | awk -v mode="$mode" '
+		function median(x, n,   i, j, t) {
+			for (i = 2; i <= n; i++) for (j = i; j > 1 && x[j - 1] > x[j]; j--) { t = x[j]; x[j] = x[j - 1]; x[j - 1] = t }
+			return (n % 2) ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2
+		}
+		{ n++; srps += $1; sp99 += $2; hrps += $3; hp99 += $4; tr[n] = $1 / $3; pr[n] = $2 / $4 }
+		END {
+			t = median(tr, n); p = median(pr, n)
+			printf "%-9s  shoal %7.0f req/s p99 %6.2f ms | haproxy %7.0f req/s p99 %6.2f ms (means) | ratio throughput %.2fx (%.2fx-%.2fx), p99 %.2fx (%.2fx-%.2fx)\n",
+				mode, srps / n, sp99 / n, hrps / n, hp99 / n, t, tr[1], tr[n], p, pr[1], pr[n]
+		}'
 done

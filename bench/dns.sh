@@ -10,10 +10,12 @@
 set -euo pipefail
 
 DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-5}
 SERVICES=${SERVICES:-20}
 CLIENTS=${CLIENTS:-8}
-# THREADS: the agent's --balancer-threads; default one per CPU, 0 for the
-# agent's default.
+# THREADS: the agent's --balancer-threads (its default: one per CPU); 0 for
+# the lean setting that was the agent's default before: one loop fewer than the
+# CPUs and no Ps added.
 THREADS=${THREADS:-$(nproc)}
 source "$(dirname "$0")/lib.sh"
 bench_init
@@ -75,11 +77,20 @@ qps() {
 echo "dnsperf -l $DURATION -c $CLIENTS, $SERVICES services × 3 A records, 2 cores shared by everything"
 qps 18600 >/dev/null # warm up both
 qps 18601 >/dev/null
-s1=$(qps 18600)
-u1=$(qps 18601)
-u2=$(qps 18601)
-s2=$(qps 18600)
-awk -v s1="$s1" -v s2="$s2" -v u1="$u1" -v u2="$u2" 'BEGIN {
-	s = (s1 + s2) / 2; u = (u1 + u2) / 2
-	printf "shoal %.0f queries/s | unbound %.0f queries/s | ratio %.2fx\n", s, u, s / u
-}'
+# ROUNDS pairs, the order alternating, so drifting load falls on both
+# alike; the ratio is the median of the pairs' (one pair is noisy: both
+# share two cores with dnsperf).
+ratios=() ss=() us=()
+for ((r = 0; r < ROUNDS; r++)); do
+	if ((r % 2 == 0)); then s=$(qps 18600); u=$(qps 18601); else u=$(qps 18601); s=$(qps 18600); fi
+	ss+=("$s") us+=("$u") ratios+=("$(awk -v s="$s" -v u="$u" 'BEGIN { printf "%.3f", s / u }')")
+	echo "round $((r + 1)): shoal $s, unbound $u queries/s"
+done
+printf '%s\n' "${ratios[@]}" | sort -n | awk -v s="${ss[*]}" -v u="${us[*]}" '
+	{ r[NR] = $1 }
+	END {
+		ns = split(s, a, " "); split(u, b, " ")
+		for (i = 1; i <= ns; i++) { st += a[i]; ut += b[i] }
+		med = (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
+		printf "shoal %.0f queries/s | unbound %.0f queries/s (means) | ratio %.2fx (median of %d pairs; %.2fx-%.2fx)\n", st / ns, ut / ns, med, NR, r[1], r[NR]
+	}'

@@ -80,7 +80,7 @@ func records(backends string) ([]shoal.Record, error) {
 // threadsFlag is the agent's --balancer-threads, which sets the process
 // up for the balancer's loops (DNS shares the process, so it counts too).
 func threadsFlag(fs *flag.FlagSet) *int {
-	return fs.Int("balancer-threads", runtime.GOMAXPROCS(0), "as shoal agent --balancer-threads: 0 for the agent's default, N for N loops and N more Ps")
+	return fs.Int("balancer-threads", runtime.GOMAXPROCS(0), "as shoal agent --balancer-threads (and its default): N loops and N more Ps; 0 for one loop fewer than the CPUs and no Ps added")
 }
 
 // startProfile writes a CPU profile to path until stop; no path, no profile.
