@@ -409,7 +409,7 @@ func TestDNSRecordTypes(t *testing.T) {
 // answer. Without EDNS0, or with a buffer under 512 (read as 512), the UDP
 // reply fits 512 bytes and has TC set; an EDNS0 buffer of 1232 gets more
 // but is still truncated; 4096 holds all; TCP always carries the whole
-// answer. A reply to an EDNS0 query carries an OPT record (RFC 6891).
+// answer. Names are compressed, so a 512-byte reply holds 29 A records. A reply to an EDNS0 query carries an OPT record (RFC 6891).
 func TestDNSTruncation(t *testing.T) {
 	var recs []shoal.Record
 	for i := range 100 {
@@ -446,6 +446,13 @@ func TestDNSTruncation(t *testing.T) {
 		}
 		if in.Rcode != dns.RcodeSuccess || in.Truncated == tc.full || (len(in.Answer) == 100) != tc.full || len(in.Answer) == 0 {
 			t.Errorf("EDNS0 %d: rcode %s, tc=%v, %d answers", tc.edns, dns.RcodeToString[in.Rcode], in.Truncated, len(in.Answer))
+		}
+		// Compressed, an A record is 16 bytes: 29 fit in 512 (13 without).
+		if tc.limit == 512 && len(in.Answer) < 28 {
+			t.Errorf("EDNS0 %d: %d answers in %d bytes: names not compressed", tc.edns, len(in.Answer), n)
+		}
+		if tc.full && n > 12+24+11+100*16 {
+			t.Errorf("EDNS0 %d: %d bytes for 100 A records: names not compressed", tc.edns, n)
 		}
 		if tc.edns >= 512 && len(in.Answer) <= prev {
 			t.Errorf("EDNS0 %d: %d answers, no more than with a smaller buffer (%d)", tc.edns, len(in.Answer), prev)
