@@ -176,6 +176,12 @@ func (d *DNS) Listen() error {
 			ln.Close()
 			return fmt.Errorf("dns: listen udp %s: %w", pc.LocalAddr(), err)
 		}
+		if len(pcs) > 1 {
+			if err := spreadGroup(pcs[0], len(pcs)); err != nil {
+				// The hash still spreads many senders well: go on.
+				d.log.Warn("dns: datagrams spread by sender, not at random", "err", err)
+			}
+		}
 		d.pcs, d.ln, d.addr = pcs, ln, pc.LocalAddr().String()
 		return nil
 	}
@@ -184,9 +190,9 @@ func (d *DNS) Listen() error {
 // reusePortGroup replaces pc, bound without SO_REUSEPORT (which proved
 // the port free: a second daemon's plain bind then fails, rather than
 // joining the group and silently taking half the queries), with n
-// sockets bound to the same address with SO_REUSEPORT: the kernel spreads
-// senders over them, a queue and a reader each, as unbound does. Where
-// that cannot be, it is pc alone.
+// sockets bound to the same address with SO_REUSEPORT, a queue and a
+// reader each, as unbound does; the kernel spreads datagrams over them at
+// random (spreadGroup). Where that cannot be, it is pc alone.
 func reusePortGroup(pc *net.UDPConn, n int) ([]*net.UDPConn, error) {
 	if n < 2 || goruntime.GOOS != "linux" {
 		return []*net.UDPConn{pc}, nil

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -507,5 +508,65 @@ func TestDNSPortTaken(t *testing.T) {
 		t.Fatalf("a second server bound %s", first.Addr())
 	} else if !strings.Contains(err.Error(), "address already in use") {
 		t.Errorf("second bind: %v, want address already in use", err)
+	}
+}
+
+// TestDNSGroupSpreadsOneSender: the datagrams of a single sender (one
+// address and port, which the kernel's hash would send to one socket
+// only) reach every socket of the group, so every reader takes a share.
+func TestDNSGroupSpreadsOneSender(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("SO_REUSEPORT groups are Linux-only here")
+	}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	group, err := reusePortGroup(pc.(*net.UDPConn), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, c := range group {
+			c.Close()
+		}
+	}()
+	if len(group) != 2 {
+		t.Fatalf("%d sockets, want 2", len(group))
+	}
+	if err := spreadGroup(group[0], len(group)); err != nil {
+		t.Fatal(err)
+	}
+	client, err := net.Dial("udp", group[0].LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	const sent = 64
+	for i := range sent {
+		if _, err := client.Write([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := make([]int, len(group))
+	buf := make([]byte, 16)
+	for total := 0; total < sent; {
+		progress := false
+		for i, c := range group {
+			c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			if _, err := c.Read(buf); err == nil {
+				got[i]++
+				total++
+				progress = true
+			}
+		}
+		if !progress {
+			t.Fatalf("only %d of %d datagrams arrived (%v)", total, sent, got)
+		}
+	}
+	for i, n := range got {
+		if n == 0 {
+			t.Errorf("socket %d got none of one sender's %d datagrams (%v): spread by hash", i, sent, got)
+		}
 	}
 }
