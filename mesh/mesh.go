@@ -418,8 +418,7 @@ const pauseTimeout = 2 * time.Second
 // announceRestart tells every alive peer that this node restarts, and
 // waits until each has said it heard, or pauseTimeout: a tag alone
 // spreads by gossip, with no way to know it arrived before the process
-// is gone (under load it often had not, and peers moved the slots). The
-// tag stays, for a member that misses the query.
+// is gone. The tag stays, for a member that misses the query.
 func (m *Mesh) announceRestart() {
 	m.mu.Lock()
 	t := decodeTags(m.tags)
