@@ -294,13 +294,13 @@ type batchConn interface {
 	WriteBatch(ms []ipv4.Message, flags int) (int, error)
 }
 
-// readUDP answers queries from the socket until it is closed. A query
+// readUDPBatch answers queries from the socket until it is closed. A query
 // whose reply is cached is answered right here, without unpacking it or
 // starting a goroutine; any other goes through serve as miekg/dns would
 // hand it over. Under load, one recvmmsg reads every waiting query and
 // one sendmmsg sends every cached reply, instead of a system call and a
 // netpoller wake-up for each.
-func (d *DNS) readUDP(uc *net.UDPConn) error {
+func (d *DNS) readUDPBatch(uc *net.UDPConn) error {
 	var bc batchConn = ipv4.NewPacketConn(uc)
 	if a, ok := uc.LocalAddr().(*net.UDPAddr); ok && a.IP.To4() == nil {
 		bc = ipv6.NewPacketConn(uc)

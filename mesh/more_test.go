@@ -1248,3 +1248,32 @@ func TestBigSetByEventAlone(t *testing.T) {
 		waitFor(t, 5*time.Second, fmt.Sprintf("change %d by its event alone", i), holds(set))
 	}
 }
+
+// TestDNSOverIPv6: on an IPv6 address, queries over UDP are answered —
+// the first through serve, the repeats from the reply cache, each back
+// to its own sender's address and port, with its own ID.
+func TestDNSOverIPv6(t *testing.T) {
+	if ln, err := net.ListenPacket("udp", "[::1]:0"); err != nil {
+		t.Skip("no IPv6 loopback here")
+	} else {
+		ln.Close()
+	}
+	recs := []shoal.Record{{Service: "web", Slot: 0, Node: "n1", Addr: "10.9.0.1", PortName: "http", Port: 20000, Healthy: true}}
+	d := NewDNS(DNSConfig{Addr: "[::1]:0", Upstreams: []string{}, Generation: func() uint64 { return 1 }, Logger: quiet}, func() []shoal.Record { return recs })
+	if err := d.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-d.Ready()
+	for i := range 5 {
+		m := new(dns.Msg)
+		m.SetQuestion("web.service.shoal.", dns.TypeA)
+		in := exchange(t, d.Addr(), "udp", m) // a new client socket each time
+		if in.Id != m.Id || len(in.Answer) != 1 || in.Answer[0].(*dns.A).A.String() != "10.9.0.1" {
+			t.Fatalf("query %d: id %d (sent %d), answer %v", i, in.Id, m.Id, in.Answer)
+		}
+	}
+}
