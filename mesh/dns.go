@@ -18,8 +18,6 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"golang.org/x/net/ipv4"
-	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 
 	"github.com/shoal-run/shoal"
@@ -288,32 +286,32 @@ const (
 	batchBuf = 4096
 )
 
-// batchConn is what ipv4.PacketConn and ipv6.PacketConn have in common.
-type batchConn interface {
-	ReadBatch(ms []ipv4.Message, flags int) (int, error)
-	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+// udpBatch reads datagrams and writes replies a batch at a time; raw
+// recvmmsg and sendmmsg on Linux (dnsbatch_linux.go), golang.org/x/net's
+// batches elsewhere (dnsbatch.go).
+type udpBatch interface {
+	recv() (int, error)              // reads datagrams 0..n-1, waiting while there are none
+	query(i int) []byte              // datagram i; nil when it was truncated
+	replyBuf(j int) []byte           // room for reply j, batchBuf bytes
+	setReply(j, i int, reply []byte) // reply j, in replyBuf(j), goes to datagram i's sender
+	from(i int) net.Addr             // datagram i's sender, for the slow path; nil if unknown
+	send(n int) error                // writes replies 0..n-1
 }
 
-// readUDPBatch answers queries from the socket until it is closed. A query
+// readUDP answers queries from the socket until it is closed. A query
 // whose reply is cached is answered right here, without unpacking it or
 // starting a goroutine; any other goes through serve as miekg/dns would
 // hand it over. Under load, one recvmmsg reads every waiting query and
 // one sendmmsg sends every cached reply, instead of a system call and a
 // netpoller wake-up for each.
-func (d *DNS) readUDPBatch(uc *net.UDPConn) error {
-	var bc batchConn = ipv4.NewPacketConn(uc)
-	if a, ok := uc.LocalAddr().(*net.UDPAddr); ok && a.IP.To4() == nil {
-		bc = ipv6.NewPacketConn(uc)
-	}
-	in, out := make([]ipv4.Message, batchLen), make([]ipv4.Message, batchLen)
-	for i := range in {
-		in[i].Buffers = [][]byte{make([]byte, batchBuf)}
-		out[i].Buffers = [][]byte{make([]byte, batchBuf)}
+func (d *DNS) readUDP(uc *net.UDPConn) error {
+	b, err := newUDPBatch(uc)
+	if err != nil {
+		return err
 	}
 	name := make([]byte, 0, 256)
-	replies := make([]ipv4.Message, 0, batchLen)
 	for {
-		n, err := bc.ReadBatch(in, 0)
+		n, err := b.recv()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return nil
@@ -324,33 +322,28 @@ func (d *DNS) readUDPBatch(uc *net.UDPConn) error {
 			}
 			return err
 		}
-		replies = replies[:0]
-		for i := range in[:n] {
-			m := &in[i]
-			if m.Flags&syscall.MSG_TRUNC != 0 {
+		replies := 0
+		for i := range n {
+			q := b.query(i)
+			if q == nil {
 				continue
 			}
-			q := m.Buffers[0][:m.N]
-			o := &out[len(replies)]
-			if reply, rcode, ok := d.cachedUDP(q, o.Buffers[0][:batchBuf], name[:0]); ok {
+			if reply, rcode, ok := d.cachedUDP(q, b.replyBuf(replies), name[:0]); ok {
 				d.count(rcode) // before the write: a client that got its answer sees it counted
-				o.Buffers[0], o.Addr = reply, m.Addr
-				replies = append(replies, *o)
+				b.setReply(replies, i, reply)
+				replies++
 				continue
 			}
 			req := new(dns.Msg)
 			if err := req.Unpack(q); err != nil || req.Response {
 				continue // not a query: drop it, as miekg/dns does
 			}
-			go d.serve(&udpWriter{pc: uc, addr: m.Addr}, req) // may forward: never block the reader
-		}
-		for sent := 0; sent < len(replies); {
-			k, err := bc.WriteBatch(replies[sent:], 0)
-			if err != nil {
-				d.log.Debug("dns write", "err", err)
-				break // the sender is gone or the buffer full: it retries, as over any UDP
+			if addr := b.from(i); addr != nil {
+				go d.serve(&udpWriter{pc: uc, addr: addr}, req) // may forward: never block the reader
 			}
-			sent += k
+		}
+		if err := b.send(replies); err != nil {
+			d.log.Debug("dns write", "err", err) // the sender is gone or the buffer full: it retries, as over any UDP
 		}
 	}
 }

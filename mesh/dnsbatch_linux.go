@@ -2,12 +2,10 @@ package mesh
 
 import (
 	"encoding/binary"
-	"errors"
 	"net"
 	"syscall"
 	"unsafe"
 
-	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 )
 
@@ -18,7 +16,7 @@ type mmsghdr struct {
 	n   uint32
 }
 
-// rawUDPBatch is a reader's recvmmsg and sendmmsg state. The calls are
+// rawUDPBatch is udpBatch with recvmmsg and sendmmsg. The calls are
 // raw, inside RawConn.Read and Write, which still park the reader on the
 // netpoller when the socket is empty: as a plain system call, sendmmsg
 // (which on loopback runs the receiver's side too) outlasted sysmon's
@@ -27,14 +25,20 @@ type mmsghdr struct {
 // the context switches (per-thread counts in /proc).
 // A reply goes back to its query's address as the kernel wrote it.
 type rawUDPBatch struct {
+	rc            syscall.RawConn
 	in, out       []mmsghdr
 	inIov, outIov []unix.Iovec
 	inBuf, outBuf [][]byte
 	names         []unix.RawSockaddrAny
 }
 
-func newRawUDPBatch() *rawUDPBatch {
+func newUDPBatch(uc *net.UDPConn) (udpBatch, error) {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
 	b := &rawUDPBatch{
+		rc: rc,
 		in: make([]mmsghdr, batchLen), out: make([]mmsghdr, batchLen),
 		inIov: make([]unix.Iovec, batchLen), outIov: make([]unix.Iovec, batchLen),
 		inBuf: make([][]byte, batchLen), outBuf: make([][]byte, batchLen),
@@ -50,22 +54,25 @@ func newRawUDPBatch() *rawUDPBatch {
 		b.out[i].hdr.Iov = &b.outIov[i]
 		b.out[i].hdr.SetIovlen(1)
 	}
-	return b
+	return b, nil
 }
 
 // recv reads up to batchLen datagrams, waiting on the netpoller while
 // there are none.
-func (b *rawUDPBatch) recv(rc syscall.RawConn) (int, error) {
+func (b *rawUDPBatch) recv() (int, error) {
 	for i := range b.in {
 		b.in[i].hdr.Namelen = uint32(unsafe.Sizeof(b.names[i]))
 		b.in[i].hdr.Flags = 0
 	}
 	var n int
 	var errno syscall.Errno
-	err := rc.Read(func(fd uintptr) bool {
-		r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.in[0])), uintptr(len(b.in)), 0, 0, 0)
-		n, errno = int(r), e
-		return e != unix.EAGAIN
+	err := b.rc.Read(func(fd uintptr) bool {
+		for {
+			r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.in[0])), uintptr(len(b.in)), 0, 0, 0)
+			if n, errno = int(r), e; e != unix.EINTR {
+				return e != unix.EAGAIN
+			}
+		}
 	})
 	if err != nil {
 		return 0, err
@@ -76,15 +83,33 @@ func (b *rawUDPBatch) recv(rc syscall.RawConn) (int, error) {
 	return n, nil
 }
 
+func (b *rawUDPBatch) query(i int) []byte {
+	if b.in[i].hdr.Flags&unix.MSG_TRUNC != 0 {
+		return nil
+	}
+	return b.inBuf[i][:b.in[i].n]
+}
+
+func (b *rawUDPBatch) replyBuf(j int) []byte { return b.outBuf[j] }
+
+func (b *rawUDPBatch) setReply(j, i int, reply []byte) {
+	b.outIov[j].Base = unsafe.SliceData(reply)
+	b.outIov[j].SetLen(len(reply))
+	b.out[j].hdr.Name, b.out[j].hdr.Namelen = b.in[i].hdr.Name, b.in[i].hdr.Namelen
+}
+
 // send writes out[:n], all of them unless the socket fails.
-func (b *rawUDPBatch) send(rc syscall.RawConn, n int) error {
+func (b *rawUDPBatch) send(n int) error {
 	for sent := 0; sent < n; {
 		var k int
 		var errno syscall.Errno
-		err := rc.Write(func(fd uintptr) bool {
-			r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.out[sent])), uintptr(n-sent), 0, 0, 0)
-			k, errno = int(r), e
-			return e != unix.EAGAIN
+		err := b.rc.Write(func(fd uintptr) bool {
+			for {
+				r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.out[sent])), uintptr(n-sent), 0, 0, 0)
+				if k, errno = int(r), e; e != unix.EINTR {
+					return e != unix.EAGAIN
+				}
+			}
 		})
 		if err != nil {
 			return err
@@ -97,8 +122,7 @@ func (b *rawUDPBatch) send(rc syscall.RawConn, n int) error {
 	return nil
 }
 
-// udpAddr is the sender of datagram i, for the slow path.
-func (b *rawUDPBatch) udpAddr(i int) *net.UDPAddr {
+func (b *rawUDPBatch) from(i int) net.Addr {
 	sa := &b.names[i]
 	switch sa.Addr.Family {
 	case unix.AF_INET:
@@ -111,54 +135,4 @@ func (b *rawUDPBatch) udpAddr(i int) *net.UDPAddr {
 		return &net.UDPAddr{IP: net.IP(append([]byte(nil), p.Addr[:]...)), Port: int(port)}
 	}
 	return nil
-}
-
-// readUDP answers queries from the socket until it is closed; see
-// readUDPBatch, which this is with raw system calls.
-func (d *DNS) readUDP(uc *net.UDPConn) error {
-	rc, err := uc.SyscallConn()
-	if err != nil {
-		return d.readUDPBatch(uc)
-	}
-	b := newRawUDPBatch()
-	name := make([]byte, 0, 256)
-	for {
-		n, err := b.recv(rc)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			if err == unix.EINTR {
-				continue
-			}
-			return err
-		}
-		replies := 0
-		for i := range n {
-			m := &b.in[i]
-			if m.hdr.Flags&unix.MSG_TRUNC != 0 {
-				continue
-			}
-			q := b.inBuf[i][:m.n]
-			if reply, rcode, ok := d.cachedUDP(q, b.outBuf[replies][:batchBuf], name[:0]); ok {
-				d.count(rcode) // before the write: a client that got its answer sees it counted
-				o := &b.out[replies]
-				b.outIov[replies].Base = unsafe.SliceData(reply)
-				b.outIov[replies].SetLen(len(reply))
-				o.hdr.Name, o.hdr.Namelen = m.hdr.Name, m.hdr.Namelen
-				replies++
-				continue
-			}
-			req := new(dns.Msg)
-			if err := req.Unpack(q); err != nil || req.Response {
-				continue // not a query: drop it, as miekg/dns does
-			}
-			if addr := b.udpAddr(i); addr != nil {
-				go d.serve(&udpWriter{pc: uc, addr: addr}, req) // may forward: never block the reader
-			}
-		}
-		if err := b.send(rc, replies); err != nil {
-			d.log.Debug("dns write", "err", err) // the sender is gone or the buffer full: it retries, as over any UDP
-		}
-	}
 }

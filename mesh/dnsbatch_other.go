@@ -4,4 +4,4 @@ package mesh
 
 import "net"
 
-func (d *DNS) readUDP(uc *net.UDPConn) error { return d.readUDPBatch(uc) }
+func newUDPBatch(uc *net.UDPConn) (udpBatch, error) { return newMsgBatch(uc), nil }

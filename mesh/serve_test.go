@@ -570,3 +570,81 @@ func TestDNSGroupSpreadsOneSender(t *testing.T) {
 		}
 	}
 }
+
+// TestUDPBatch: both batch readers (raw recvmmsg/sendmmsg on Linux, and
+// golang.org/x/net's, which other systems use) read what senders sent,
+// flag an oversized datagram as truncated, name each sender, and send
+// each reply back to its own sender — over IPv4 and IPv6.
+func TestUDPBatch(t *testing.T) {
+	kinds := map[string]func(*net.UDPConn) (udpBatch, error){
+		"os":       newUDPBatch,
+		"portable": func(uc *net.UDPConn) (udpBatch, error) { return newMsgBatch(uc), nil },
+	}
+	for kind, newBatch := range kinds {
+		for _, host := range []string{"127.0.0.1", "::1"} {
+			t.Run(kind+"/"+host, func(t *testing.T) {
+				pc, err := net.ListenPacket("udp", net.JoinHostPort(host, "0"))
+				if err != nil {
+					t.Skip("no loopback for", host)
+				}
+				defer pc.Close()
+				b, err := newBatch(pc.(*net.UDPConn))
+				if err != nil {
+					t.Fatal(err)
+				}
+				var clients []net.Conn
+				for i := range 3 {
+					c, err := net.Dial("udp", pc.LocalAddr().String())
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer c.Close()
+					clients = append(clients, c)
+					msg := []byte(fmt.Sprintf("query %d", i))
+					if i == 2 {
+						msg = make([]byte, batchBuf+1) // does not fit: truncated
+					}
+					if _, err := c.Write(msg); err != nil {
+						t.Fatal(err)
+					}
+				}
+				pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+				got, truncated, replies := 0, 0, 0
+				for got+truncated < 3 {
+					n, err := b.recv()
+					if err != nil {
+						t.Fatalf("recv after %d datagrams: %v", got+truncated, err)
+					}
+					for i := range n {
+						q := b.query(i)
+						if q == nil {
+							truncated++
+							continue
+						}
+						got++
+						if from := b.from(i); from == nil || !strings.HasPrefix(string(q), "query ") {
+							t.Fatalf("datagram %q from %v", q, from)
+						}
+						reply := append(b.replyBuf(replies)[:0], "answer to "...)
+						b.setReply(replies, i, append(reply, q...))
+						replies++
+					}
+				}
+				if got != 2 || truncated != 1 {
+					t.Fatalf("%d datagrams, %d truncated; want 2 and 1", got, truncated)
+				}
+				if err := b.send(replies); err != nil {
+					t.Fatal(err)
+				}
+				for i, c := range clients[:2] {
+					c.SetReadDeadline(time.Now().Add(5 * time.Second))
+					buf := make([]byte, 64)
+					n, err := c.Read(buf)
+					if want := fmt.Sprintf("answer to query %d", i); err != nil || string(buf[:n]) != want {
+						t.Errorf("client %d: %q, %v; want %q", i, buf[:n], err, want)
+					}
+				}
+			})
+		}
+	}
+}
