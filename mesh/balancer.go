@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"runtime"
 	"strconv"
 	"sync"
@@ -183,13 +184,23 @@ func (b *Balancer) Run(ctx context.Context) error {
 }
 
 type candidateSet struct {
-	gen  uint64
-	recs []shoal.Record
+	gen   uint64
+	cands []candidate
+}
+
+// candidate is an instance a new connection may go to, with what a pick
+// and a dial need worked out once per records generation, not per
+// connection.
+type candidate struct {
+	addr   string     // host:port
+	ip     netip.Addr // the instance's address; invalid if it is not an IP
+	port   int
+	active *int64 // open connections to addr, across routes
 }
 
 // candidates are the healthy instances of a route; local ones only, when
 // any is healthy, to save a network hop. Callers do not modify them.
-func (b *Balancer) candidates(r Route) []shoal.Record {
+func (b *Balancer) candidates(r Route) []candidate {
 	if b.cfg.Generation == nil {
 		return b.candidatesOf(r)
 	}
@@ -198,24 +209,27 @@ func (b *Balancer) candidates(r Route) []shoal.Record {
 	c, ok := b.cands[r]
 	b.mu.Unlock()
 	if ok && c.gen == gen {
-		return c.recs
+		return c.cands
 	}
-	recs := b.candidatesOf(r)
+	cands := b.candidatesOf(r)
 	b.mu.Lock()
-	b.cands[r] = candidateSet{gen: gen, recs: recs}
+	b.cands[r] = candidateSet{gen: gen, cands: cands}
 	b.mu.Unlock()
-	return recs
+	return cands
 }
 
-func (b *Balancer) candidatesOf(r Route) []shoal.Record {
-	var local, all []shoal.Record
+func (b *Balancer) candidatesOf(r Route) []candidate {
+	var local, all []candidate
 	for _, rec := range b.src() {
 		if rec.Service != r.Service || rec.PortName != r.PortName || !rec.Healthy {
 			continue
 		}
-		all = append(all, rec)
+		addr := backendAddr(rec)
+		ip, _ := netip.ParseAddr(rec.Addr)
+		c := candidate{addr: addr, ip: ip, port: rec.Port, active: b.counter(addr)}
+		all = append(all, c)
 		if rec.Node == b.cfg.LocalNode {
-			local = append(local, rec)
+			local = append(local, c)
 		}
 	}
 	if len(local) > 0 {
@@ -235,9 +249,10 @@ func (b *Balancer) counter(addr string) *int64 {
 	return c
 }
 
-// pickOf chooses among n candidates, the i-th at addr(i), by power of two
-// choices: two random candidates, the one with fewer open connections.
-func (b *Balancer) pickOf(n int, addr func(int) string) int {
+// pick chooses among cands by power of two choices: two random
+// candidates, the one with fewer open connections.
+func (b *Balancer) pick(cands []candidate) int {
+	n := len(cands)
 	if n == 1 {
 		return 0
 	}
@@ -246,7 +261,7 @@ func (b *Balancer) pickOf(n int, addr func(int) string) int {
 	if j >= i {
 		j++
 	}
-	if atomic.LoadInt64(b.counter(addr(j))) < atomic.LoadInt64(b.counter(addr(i))) {
+	if atomic.LoadInt64(cands[j].active) < atomic.LoadInt64(cands[i].active) {
 		return j
 	}
 	return i

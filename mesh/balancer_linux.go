@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
-	"net/netip"
 	"runtime"
 	"slices"
 	"sync"
@@ -138,16 +137,6 @@ func listenFD(addr string) (int, error) {
 	return fd, derr
 }
 
-// dialNonblock starts a connection to an instance; it completes when the
-// socket turns writable.
-func dialNonblock(addr string, port int) (int, error) {
-	ip, err := netip.ParseAddr(addr)
-	if err != nil {
-		return -1, fmt.Errorf("instance address %q: %w", addr, err)
-	}
-	return rawDial(ip, port)
-}
-
 // evloop is one event loop. Everything below except do is called on the
 // loop's own goroutine and needs no lock.
 type evloop struct {
@@ -161,7 +150,7 @@ type evloop struct {
 
 	gen       uint32      // tags epoll registrations, so a stale event for a reused fd is ignored
 	dials     uint64      // numbers dials, so an entry in dialing can tell it is stale
-	cands     []recordRef // scratch for dial
+	cands     []candidate // scratch for dial
 	listeners map[int32]*lnState
 	eps       map[int32]*endpoint
 	dialing   []dialEntry // by deadline: all dials share one timeout
@@ -193,7 +182,7 @@ type pair struct {
 	client, backend endpoint
 	state           pairState
 	addr            string // instance, while dialling or open
-	active          *int64 // the instance's open-connection count, while open
+	active          *int64 // the instance's open-connection count, counted in while open
 	attempt         uint64 // the loop's number for the current dial
 	round           int    // dials made since the last queue wait
 	tried           []string
@@ -471,20 +460,20 @@ func (l *evloop) dial(p *pair, now time.Time) {
 	for p.round < maxDialAttempts {
 		cands := l.cands[:0]
 		for _, c := range b.candidates(p.route) {
-			if addr := backendAddr(c); !contains(p.tried, addr) {
-				cands = append(cands, recordRef{c.Addr, c.Port, addr})
+			if !slices.Contains(p.tried, c.addr) {
+				cands = append(cands, c)
 			}
 		}
 		l.cands = cands
 		if len(cands) == 0 {
 			break
 		}
-		c := cands[b.pickOf(len(cands), func(i int) string { return cands[i].key })]
+		c := cands[b.pick(cands)]
 		l.dials++
 		p.attempt = l.dials
 		p.round++
-		p.tried = append(p.tried, c.key)
-		fd, err := dialNonblock(c.addr, c.port)
+		p.tried = append(p.tried, c.addr)
+		fd, err := rawDial(c.ip, c.port)
 		if err == nil {
 			if err = l.register(&p.backend, fd, p); err != nil {
 				rawClose(fd)
@@ -492,10 +481,10 @@ func (l *evloop) dial(p *pair, now time.Time) {
 		}
 		if err != nil {
 			p.st.dialFailures.Add(1)
-			b.log.Debug("dial backend", "service", p.route.Service, "addr", c.key, "err", err)
+			b.log.Debug("dial backend", "service", p.route.Service, "addr", c.addr, "err", err)
 			continue
 		}
-		p.state, p.addr = dialing, c.key
+		p.state, p.addr, p.active = dialing, c.addr, c.active
 		l.dialing = append(l.dialing, dialEntry{p: p, attempt: p.attempt, deadline: now.Add(b.cfg.DialTimeout)})
 		return
 	}
@@ -513,21 +502,6 @@ func (l *evloop) dial(p *pair, now time.Time) {
 	}
 	p.state, p.nextPoll = queued, now.Add(queuePoll)
 	l.queued = append(l.queued, p)
-}
-
-type recordRef struct {
-	addr string
-	port int
-	key  string // addr:port
-}
-
-func contains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 func (l *evloop) dialFailed(p *pair, err error, now time.Time) {
@@ -567,7 +541,6 @@ func (l *evloop) connected(p *pair) {
 		return
 	}
 	p.state = open
-	p.active = l.b.counter(p.addr)
 	atomic.AddInt64(p.active, 1)
 	l.pump(p)
 }

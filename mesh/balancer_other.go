@@ -8,8 +8,6 @@ import (
 	"net"
 	"sync/atomic"
 	"time"
-
-	"github.com/shoal-run/shoal"
 )
 
 // engine, off Linux, is a goroutine per connection direction copying with
@@ -92,14 +90,13 @@ func (b *Balancer) forward(r Route, client net.Conn) {
 	st.window.add(time.Now())
 	st.mu.Unlock()
 
-	backend, addr := b.dial(r, st)
+	backend, active := b.dial(r, st)
 	if backend == nil {
 		return
 	}
 	defer backend.Close()
-	n := b.counter(addr)
-	atomic.AddInt64(n, 1)
-	defer atomic.AddInt64(n, -1)
+	atomic.AddInt64(active, 1)
+	defer atomic.AddInt64(active, -1)
 
 	done := make(chan struct{})
 	go func() {
@@ -120,35 +117,34 @@ func (b *Balancer) forward(r Route, client net.Conn) {
 // for up to QueueTimeout, so a gap in the records (a replica moving, a
 // peer's records dropped until it is seen again) delays the client
 // instead of failing it.
-func (b *Balancer) dial(r Route, st *svcCounters) (net.Conn, string) {
+func (b *Balancer) dial(r Route, st *svcCounters) (net.Conn, *int64) {
 	var deadline time.Time
 	for {
 		cands := b.candidates(r)
 		for attempt := 0; attempt < maxDialAttempts && len(cands) > 0; attempt++ {
 			i := b.pick(cands)
-			addr := backendAddr(cands[i])
-			c, err := net.DialTimeout("tcp", addr, b.cfg.DialTimeout)
+			c, err := net.DialTimeout("tcp", cands[i].addr, b.cfg.DialTimeout)
 			if err == nil {
-				return c, addr
+				return c, cands[i].active
 			}
 			st.dialFailures.Add(1)
-			b.log.Debug("dial backend", "service", r.Service, "addr", addr, "err", err)
+			b.log.Debug("dial backend", "service", r.Service, "addr", cands[i].addr, "err", err)
 			cands = append(cands[:i:i], cands[i+1:]...)
 		}
 		now := time.Now()
 		if deadline.IsZero() {
 			if b.cfg.QueueTimeout < 0 {
-				return nil, ""
+				return nil, nil
 			}
 			deadline = now.Add(b.cfg.QueueTimeout)
 		}
 		if now.After(deadline) {
 			b.log.Debug("no healthy instance", "service", r.Service, "port", r.PortName)
-			return nil, ""
+			return nil, nil
 		}
 		select {
 		case <-b.done:
-			return nil, ""
+			return nil, nil
 		case <-time.After(queuePoll):
 		}
 	}
@@ -158,8 +154,4 @@ func closeWrite(c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.CloseWrite()
 	}
-}
-
-func (b *Balancer) pick(cands []shoal.Record) int {
-	return b.pickOf(len(cands), func(i int) string { return backendAddr(cands[i]) })
 }

@@ -4,6 +4,7 @@ package mesh
 
 import (
 	"encoding/binary"
+	"errors"
 	"net/netip"
 	"unsafe"
 
@@ -81,6 +82,9 @@ func rawEpollWait(epfd int, events []unix.EpollEvent, msec int) (int, error) {
 // rawDial opens a non-blocking TCP socket and starts connecting it to ip
 // and port.
 func rawDial(ip netip.Addr, port int) (int, error) {
+	if !ip.IsValid() {
+		return -1, errors.New("instance address is not an IP address")
+	}
 	ip = ip.Unmap()
 	family := unix.AF_INET6
 	if ip.Is4() {
