@@ -78,12 +78,15 @@ func Weight(n shoal.Node) float64 {
 // nodeTable is the nodes of one Plan call in canonical (name) order, with
 // everything the inner loop needs in flat arrays.
 type nodeTable struct {
-	nodes   []shoal.Node
-	hash    []uint64
-	class   []int32   // index into weights
-	weights []float64 // distinct weights, ascending
-	cpuFree []float64
-	memFree []int64
+	nodes    []shoal.Node
+	hash     []uint64
+	class    []int32   // index into weights
+	weights  []float64 // distinct weights, ascending
+	units    []int64   // Weight in whole units, for exact bounds
+	maxUnits int64
+	cpuFree  []float64
+	memFree  []int64
+	labels   map[string]*labelIndex // by spread label, built on first use
 }
 
 func newNodeTable(nodes []shoal.Node) *nodeTable {
@@ -93,10 +96,11 @@ func newNodeTable(nodes []shoal.Node) *nodeTable {
 	// first of each name in sorted order, which is input-order independent
 	// only if duplicates are identical, so callers must not send them;
 	// the CLI rejects them.
-	t := &nodeTable{nodes: sorted}
+	t := &nodeTable{nodes: sorted, labels: map[string]*labelIndex{}}
 	n := len(sorted)
 	t.hash = make([]uint64, n)
 	t.class = make([]int32, n)
+	t.units = make([]int64, n)
 	t.cpuFree = make([]float64, n)
 	t.memFree = make([]int64, n)
 	classOf := map[float64]int32{}
@@ -116,6 +120,8 @@ func newNodeTable(nodes []shoal.Node) *nodeTable {
 	for i, nd := range sorted {
 		t.hash[i] = hashString(nd.Name)
 		t.class[i] = classOf[Weight(nd)]
+		t.units[i] = weightUnits(Weight(nd))
+		t.maxUnits = max(t.maxUnits, t.units[i])
 		t.cpuFree[i] = nd.CPU
 		t.memFree[i] = int64(nd.Memory)
 	}
@@ -132,6 +138,11 @@ func matches(n shoal.Node, constraints map[string]string) bool {
 	return true
 }
 
+// holds reports whether an empty node could hold one slot of r at all.
+func holds(n shoal.Node, r shoal.Resources) bool {
+	return n.CPU+cpuEpsilon >= r.CPU && n.Memory >= r.Memory
+}
+
 // cpuEpsilon absorbs float error when summing fractional cores.
 const cpuEpsilon = 1e-9
 
@@ -142,8 +153,8 @@ const cpuEpsilon = 1e-9
 // Slots are taken in canonical order (services by name, slots ascending).
 // Each goes to the node with the highest weighted rendezvous score for that
 // slot among the nodes that match its constraints, have the CPU and memory
-// left, and keep the service spread. See doc.go for the spread rules and
-// the movement guarantees.
+// left, stay within their bounded share of the service and keep it spread.
+// See doc.go for the bound, the spread rules and the movement guarantees.
 func Plan(spec *shoal.Spec, nodes []shoal.Node) *Placement {
 	t := newNodeTable(nodes)
 	p := &Placement{Assignments: []Assignment{}, Unplaced: []Unplaced{}}
@@ -170,18 +181,20 @@ func roundCPU(v float64) float64 { return math.Round(v*1e6) / 1e6 }
 
 // scratch is per-Plan working memory reused across services.
 type scratch struct {
-	eligible []bool
+	match    []bool  // carries the constraint labels
+	eligible []bool  // matches and could hold one slot: takes a share
 	used     []int32 // slots of the current service on each node
 	reserved []int32 // how many later slots have this node as top choice
-	labelCnt map[string]int
 	bestU    []uint64
 	bestN    []int32
 	tops     []int32
 	elig     []int32 // indices of eligible nodes
+	share    share
 }
 
 func newScratch(nodes, classes int) *scratch {
 	return &scratch{
+		match:    make([]bool, nodes),
 		eligible: make([]bool, nodes),
 		used:     make([]int32, nodes),
 		reserved: make([]int32, nodes),
@@ -190,29 +203,40 @@ func newScratch(nodes, classes int) *scratch {
 	}
 }
 
-func (t *nodeTable) placeService(svc *shoal.Service, s *scratch, p *Placement) {
-	n := len(t.nodes)
+// eligibleFor marks the nodes that take a share of svc: they carry its
+// constraint labels and could hold one of its slots when empty. A node too
+// small for even one slot takes no share, so its share is not left to the
+// fallback. It reports whether any node matched the constraints.
+func (t *nodeTable) eligibleFor(svc *shoal.Service, s *scratch) bool {
 	s.elig = s.elig[:0]
-	for i := 0; i < n; i++ {
-		s.eligible[i] = Weight(t.nodes[i]) > 0 && matches(t.nodes[i], svc.Constraints)
+	anyMatch := false
+	for i := range t.nodes {
+		s.match[i] = t.units[i] > 0 && matches(t.nodes[i], svc.Constraints)
+		s.eligible[i] = s.match[i] && holds(t.nodes[i], svc.Resources)
 		s.used[i], s.reserved[i] = 0, 0
+		anyMatch = anyMatch || s.match[i]
 		if s.eligible[i] {
 			s.elig = append(s.elig, int32(i))
 		}
 	}
-	anyEligible := len(s.elig) > 0
-	cpu, mem := svc.Resources.CPU, int64(svc.Resources.Memory)
-	if !anyEligible {
+	return anyMatch
+}
+
+func (t *nodeTable) placeService(svc *shoal.Service, s *scratch, p *Placement) {
+	anyMatch := t.eligibleFor(svc, s)
+	if len(s.elig) == 0 {
+		reason := ReasonConstraints
+		if anyMatch {
+			reason = t.why(s, svc.Resources.CPU)
+		}
 		for slot := 0; slot < svc.Replicas; slot++ {
-			p.Unplaced = append(p.Unplaced, Unplaced{Service: svc.Name, Slot: slot, Reason: ReasonConstraints})
+			p.Unplaced = append(p.Unplaced, Unplaced{Service: svc.Name, Slot: slot, Reason: reason})
 		}
 		return
 	}
-	spreadLabel := ""
-	if svc.Spread != "" && svc.Spread != "node" {
-		spreadLabel = svc.Spread
-		s.labelCnt = map[string]int{}
-	}
+	cpu, mem := svc.Resources.CPU, int64(svc.Resources.Memory)
+	sh := &s.share
+	sh.reset(t, s.elig, svc.Spread)
 	base := hashString(svc.Name)
 
 	// Pass 1: each slot's unconstrained top choice among eligible nodes.
@@ -222,38 +246,40 @@ func (t *nodeTable) placeService(svc *shoal.Service, s *scratch, p *Placement) {
 	for slot := 0; slot < svc.Replicas; slot++ {
 		top := t.top(slotKey(base, slot), s)
 		s.tops = append(s.tops, int32(top))
-		if top >= 0 {
-			s.reserved[top]++
-		}
+		s.reserved[top]++
 	}
 	fits := func(i int) bool {
 		return s.eligible[i] && t.cpuFree[i]+cpuEpsilon >= cpu && t.memFree[i] >= mem
 	}
+	replicas := int64(svc.Replicas)
+	sh.floors(t, s.elig, replicas)
 	for slot := 0; slot < svc.Replicas; slot++ {
 		key := slotKey(base, slot)
 		top := int(s.tops[slot])
 		s.reserved[top]--
+		left := int64(svc.Replicas - slot)
+		ok := func(i int) bool {
+			return fits(i) && sh.nodeUnder(t, s.used, i, replicas) && sh.labelUnder(i, replicas) && sh.floorsKept(s.used, i, left)
+		}
 		pick := -1
-		minLabel := 0
-		if spreadLabel != "" {
-			minLabel = t.minLabelCount(s, spreadLabel, fits)
-		}
-		labelOK := func(i int) bool {
-			return spreadLabel == "" || s.labelCnt[t.nodes[i].Labels[spreadLabel]] == minLabel
-		}
-		if fits(top) && s.used[top] == 0 && labelOK(top) {
+		if ok(top) {
 			pick = top
 		}
-		if pick < 0 { // spread, unreserved
-			pick = t.best(key, s, func(i int) bool { return fits(i) && s.used[i] == 0 && s.reserved[i] == 0 && labelOK(i) })
+		if pick < 0 { // not the top choice of a later slot either
+			pick = t.best(key, s, func(i int) bool { return ok(i) && s.reserved[i] == 0 })
 		}
-		if pick < 0 { // spread, ignoring reservations
-			pick = t.best(key, s, func(i int) bool { return fits(i) && s.used[i] == 0 && labelOK(i) })
+		if pick < 0 {
+			pick = t.best(key, s, ok)
 		}
-		if pick < 0 && spreadLabel != "" { // balance across label values before distinct nodes
-			pick = t.best(key, s, func(i int) bool { return fits(i) && labelOK(i) })
+		// Only capacity keeps every node from its share: exceed a bound
+		// rather than leave the slot unplaced, the label's last.
+		if pick < 0 && sh.byLabel() {
+			pick = t.best(key, s, func(i int) bool { return fits(i) && sh.labelUnder(i, replicas) })
 		}
-		if pick < 0 { // no unused node has room: share a node
+		if pick < 0 {
+			pick = t.best(key, s, func(i int) bool { return fits(i) && sh.nodeUnder(t, s.used, i, replicas) })
+		}
+		if pick < 0 {
 			pick = t.best(key, s, fits)
 		}
 		if pick < 0 {
@@ -262,49 +288,30 @@ func (t *nodeTable) placeService(svc *shoal.Service, s *scratch, p *Placement) {
 		}
 		t.cpuFree[pick] -= cpu
 		t.memFree[pick] -= mem
+		sh.add(s.used, pick)
 		s.used[pick]++
-		if spreadLabel != "" {
-			s.labelCnt[t.nodes[pick].Labels[spreadLabel]]++
-		}
 		p.Assignments = append(p.Assignments, Assignment{Service: svc.Name, Slot: slot, Node: t.nodes[pick].Name})
 	}
 }
 
 // TopChoice is the node slot i of a service prefers when nothing competes:
-// its highest score among nodes that match the constraints, ignoring
-// capacity and spread. "" when no node matches.
+// its highest score among the nodes that take a share of it (they match the
+// constraints and could hold one slot), ignoring free capacity, bounds and
+// spread. "" when there is no such node.
 func TopChoice(svc *shoal.Service, slot int, nodes []shoal.Node) string {
 	t := newNodeTable(nodes)
 	s := newScratch(len(t.nodes), len(t.weights))
-	for i, n := range t.nodes {
-		if Weight(n) > 0 && matches(n, svc.Constraints) {
-			s.elig = append(s.elig, int32(i))
-		}
-	}
+	t.eligibleFor(svc, s)
 	if len(s.elig) == 0 {
 		return ""
 	}
 	return t.nodes[t.top(slotKey(hashString(svc.Name), slot), s)].Name
 }
 
-// minLabelCount is the fewest slots of the service on any value of the
-// spread label among nodes that still fit a slot.
-func (t *nodeTable) minLabelCount(s *scratch, label string, fits func(int) bool) int {
-	m := math.MaxInt
-	for i := range t.nodes {
-		if fits(i) {
-			if c := s.labelCnt[t.nodes[i].Labels[label]]; c < m {
-				m = c
-			}
-		}
-	}
-	return m
-}
-
 // why names the resource that keeps a slot off every eligible node.
 func (t *nodeTable) why(s *scratch, cpu float64) string {
 	for i := range t.nodes {
-		if s.eligible[i] && t.cpuFree[i]+cpuEpsilon >= cpu {
+		if s.match[i] && t.cpuFree[i]+cpuEpsilon >= cpu {
 			return ReasonMemory // some node has the CPU, so memory is short
 		}
 	}
