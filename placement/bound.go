@@ -57,7 +57,7 @@ func Bounds(svc *shoal.Service, nodes []shoal.Node) (byNode, byLabel map[string]
 	byNode = map[string]int{}
 	for name, u := range units {
 		byNode[name] = bound(u)
-		if svc.Replicas <= len(units) {
+		if !label && svc.Replicas <= len(units) {
 			byNode[name] = min(byNode[name], 1)
 		}
 	}
@@ -137,7 +137,9 @@ func (sh *share) byLabel() bool { return sh.label != nil }
 // floors are what makes equal weights end with a skew of at most one.
 func (sh *share) floors(t *nodeTable, elig []int32, replicas int64) {
 	sh.deficit = 0
-	sh.distinct = replicas <= int64(len(elig))
+	// Label balance comes first: a label value's floor may need two slots
+	// on one of its nodes.
+	sh.distinct = sh.label == nil && replicas <= int64(len(elig))
 	if sh.label != nil {
 		sh.floorL = append(sh.floorL[:0], make([]int32, len(sh.labelU))...)
 		for v, u := range sh.labelU {

@@ -91,6 +91,7 @@ func TestPropertyBounds(t *testing.T) {
 		nodes, spec := genFleet(t, true)
 		for i := range spec.Services {
 			spec.Services[i].Replicas = rapid.IntRange(0, 40).Draw(t, "replicas")
+			spec.Services[i].Resources = shoal.Resources{CPU: 0.01, Memory: 1 << 20} // capacity to spare
 		}
 		p := placement.Plan(spec, nodes)
 		checkInvariants(t, spec, nodes, p)

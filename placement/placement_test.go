@@ -411,9 +411,9 @@ func TestChurn(t *testing.T) {
 	leave, join = churn(t, fleet(5), small, []int{0, 1, 2, 3, 4})
 	t.Logf("5 nodes: leave moved ≤ %.2f× the slots the node held; join ≤ %.2f× the ideal", leave, join)
 	// Issue 22 asks for 1.3×; with exact shares on 5 nodes this scheme
-	// measures 1.87× and 2.37× (doc.go). This keeps it from growing.
-	if leave > 2.0 || join > 2.5 {
-		t.Errorf("5 nodes: leave %.2f×, join %.2f×, want ≤ 2.0× and 2.5×", leave, join)
+	// measures 1.86× and 1.79× (doc.go). This keeps it from growing.
+	if leave > 2.0 || join > 2.0 {
+		t.Errorf("5 nodes: leave %.2f×, join %.2f×, want ≤ 2.0×", leave, join)
 	}
 }
 
