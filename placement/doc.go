@@ -14,31 +14,56 @@
 // # Order and limits
 //
 // Services are taken by name and slots in ascending order. A slot goes to
-// the best-scoring node that (1) carries the service's constraint labels,
+// the best-scoring node that (1) carries the service's constraint labels
+// and could hold one slot when empty (the nodes that "take a share"),
 // (2) has the slot's CPU and memory left of its declared allocatable
-// capacity, and (3) keeps the service spread: a node that already holds a
-// slot of the service is used only when no other eligible node has room;
-// with spread set to a label such as "zone", nodes whose label value holds
-// the fewest slots of the service come first. A slot that fits nowhere is
-// reported in Unplaced with the reason.
+// capacity, and (3) stays within its bounded share of the service.
+//
+// # Bounded shares
+//
+// Consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam
+// 2017): of a service with R replicas a node n holds at most
+// ceil((1+ε)·R·w(n)/Σw) slots, Σw over the nodes that take a share, and at
+// least floor(R·w(n)/Σw) (the floors hold back the last slots for nodes
+// still below theirs). With spread set to a label, the bound and floor
+// apply to each label value by its summed weight, and the node bound
+// still applies. With no more replicas than sharing nodes and spread
+// "node", the bound is one: replicas stay on distinct nodes. Bounds are
+// compared in integers (weights in 1/1024ths) so every node agrees on
+// exact shares. Bounds reports them.
+//
+// ε = 0. The ceiling already gives each node up to one slot of slack, and
+// a service has a handful of replicas, so any ε > 0 lets a node take one
+// slot more than its share (a 2 of a 3-node service of 4, leaving 2-2-0)
+// and breaks the promise that equal nodes differ by at most one slot.
+// The floors and bounds together make that promise hold: every node's
+// count is its share rounded down or up. The price is churn on small
+// fleets, below: we measured ε = 1/8 and 1/2 without floors at 1.2-1.5×
+// on 5 nodes, better, but with a skew of 2 or more.
+//
+// Capacity can make a bound unreachable (no node within its share has
+// room). The slot then exceeds a bound rather than go unplaced: first a
+// node whose label value is within its bound, then any node within its own
+// bound, then any node with room. A slot that fits nowhere is reported in
+// Unplaced with the reason.
 //
 // # Movement
 //
-// While capacity is not binding and no spread collision occurs (two slots
-// of a service preferring the same node, probability about replicas²/2N),
-// every slot sits on its own top choice, so removing a node moves exactly
-// the slots it held, and adding one moves a slot only when the new node
-// becomes its top choice: probability w(new)/Σw, about 1/N of the slots.
-// The property tests check both when neither plan has a collision.
+// Later slots reserve their top choices: a slot that cannot have its own
+// top choice avoids them, to keep the chains that collisions force short.
+// When every slot of a service sits alone on its top choice, removing a
+// node moves exactly the slots it held, and adding one moves only the slots
+// it now tops (the property tests check both). On a large fleet that is
+// nearly always so; on a small one shares bind and a change of Σw moves
+// more. TestChurn measures, with capacity to spare, the worst over the
+// nodes leaving and over a small, middle and large node joining:
 //
-// A plan computed from (spec, nodes) alone cannot promise more: when a
-// moving slot's next choice is the node of another slot of its service, one
-// of the two must move, and no stateless rule knows which was there first.
-// To keep such chains short, a slot that cannot have its own top choice
-// avoids the top choices of the service's later slots. TestChurn measures
-// the excess at 1,000 nodes: one node leaving moved 17 slots where it held
-// 16; one joining moved 4, the ideal. With spread set to a label, a change
-// in the balance between label values may also move slots to restore it.
+//	1,000 nodes, 1,000 services × 10 replicas: leave 1.00× the slots the
+//	node held, join 0.93× the ideal w(new)/Σw.
+//	5 nodes (weights 1,2,4,1,2), 400 services of 1-8 replicas, half by
+//	zone: leave 1.86×, join 1.79×. Issue 22 asked for 1.3×; a stateless
+//	plan with exact shares did not reach it in the schemes we tried
+//	(global greedy by score: about 1.5×).
 //
 // # Cost
 //

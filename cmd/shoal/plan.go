@@ -95,7 +95,7 @@ func runPlan(_ context.Context, args []string, stdout, stderr io.Writer) (int, e
 			return 1, err
 		}
 	} else {
-		printPlan(stdout, spec, out)
+		printPlan(stdout, spec, nodes, out)
 	}
 	if len(out.Unplaced) > 0 {
 		return 2, nil
@@ -203,7 +203,7 @@ func loadRev(dir, rev string) (*shoal.Spec, error) {
 	return spec, nil
 }
 
-func printPlan(w io.Writer, spec *shoal.Spec, out planOutput) {
+func printPlan(w io.Writer, spec *shoal.Spec, nodes []shoal.Node, out planOutput) {
 	p := out.Placement
 	fmt.Fprintf(w, "spec %s: %d services, %d slots on %d nodes\n\nSERVICE SLOTS\n", spec.Hash[:12], len(spec.Services), spec.Replicas(), len(p.Nodes))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -223,6 +223,7 @@ func printPlan(w io.Writer, spec *shoal.Spec, out planOutput) {
 		fmt.Fprintf(tw, "%s\t%g/%g\t%s/%s\t%d\n", n.Name, n.CPUUsed, n.CPU, n.MemoryUsed, n.Memory, slots[n.Name])
 	}
 	tw.Flush()
+	printShares(w, spec, p, nodes)
 	if d := out.Diff; d != nil {
 		fmt.Fprintln(w, "\nCHANGES FROM BASE")
 		if d.Empty() {
@@ -244,4 +245,55 @@ func printPlan(w io.Writer, spec *shoal.Spec, out planOutput) {
 			fmt.Fprintf(w, "%s/%d: %s\n", u.Service, u.Slot, u.Reason)
 		}
 	}
+}
+
+// printShares shows, per service, the largest share any node and any
+// value of its spread label holds, next to the bound placement keeps it
+// within: the figure that says what losing one node or zone costs.
+func printShares(w io.Writer, spec *shoal.Spec, p *placement.Placement, nodes []shoal.Node) {
+	labels := map[string]map[string]string{}
+	for _, n := range nodes {
+		labels[n.Name] = n.Labels
+	}
+	held := map[string]map[string]int{}
+	for _, a := range p.Assignments {
+		if held[a.Service] == nil {
+			held[a.Service] = map[string]int{}
+		}
+		held[a.Service][a.Node]++
+	}
+	// largest picks the holder with the most slots, the first name on a tie.
+	largest := func(m map[string]int) (string, int) {
+		best, most := "", 0
+		for k, c := range m {
+			if c > most || (c == most && k < best) {
+				best, most = k, c
+			}
+		}
+		return best, most
+	}
+	fmt.Fprintln(w, "\nLARGEST SHARES")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tREPLICAS\tNODE\tHOLDS\tBOUND\tSPREAD VALUE\tHOLDS\tBOUND")
+	for i := range spec.Services {
+		svc := &spec.Services[i]
+		byNode, byLabel := placement.Bounds(svc, nodes)
+		name, most := largest(held[svc.Name])
+		nodeCols := "-\t-\t-"
+		if most > 0 {
+			nodeCols = fmt.Sprintf("%s\t%d\t%d", name, most, byNode[name])
+		}
+		labelCols := "-\t-\t-"
+		if byLabel != nil {
+			perValue := map[string]int{}
+			for n, c := range held[svc.Name] {
+				perValue[labels[n][svc.Spread]] += c
+			}
+			if v, c := largest(perValue); c > 0 {
+				labelCols = fmt.Sprintf("%s=%s\t%d\t%d", svc.Spread, v, c, byLabel[v])
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", svc.Name, svc.Replicas, nodeCols, labelCols)
+	}
+	tw.Flush()
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -63,6 +64,51 @@ func TestPlanExamples(t *testing.T) {
 	code, out, _ = runCLI(t, "plan", "../../examples/fleet", "--nodes", "../../examples/nodes.json")
 	if code != 0 || !strings.Contains(out, "SERVICE SLOTS") || !strings.Contains(out, "edge-4") {
 		t.Errorf("text: %d %s", code, out)
+	}
+	// The largest share of each service, worked out here from the JSON
+	// plan: web spreads by zone, the others by node.
+	_, shares, _ := strings.Cut(out, "LARGEST SHARES\n")
+	rows := strings.Split(strings.TrimSpace(shares), "\n")
+	if len(rows) != 5 { // header and four services
+		t.Fatalf("shares table:\n%s", shares)
+	}
+	zoneOf := map[string]string{}
+	for _, n := range nodes {
+		m := n.(map[string]any)
+		zoneOf[m["name"].(string)] = m["labels"].(map[string]any)["zone"].(string)
+	}
+	perNode, perZone := map[string]map[string]int{}, map[string]map[string]int{}
+	for _, a := range p.Placements {
+		if perNode[a.Service] == nil {
+			perNode[a.Service], perZone[a.Service] = map[string]int{}, map[string]int{}
+		}
+		perNode[a.Service][a.Node]++
+		perZone[a.Service][zoneOf[a.Node]]++
+	}
+	most := func(m map[string]int) int {
+		x := 0
+		for _, c := range m {
+			x = max(x, c)
+		}
+		return x
+	}
+	for _, row := range rows[1:] {
+		f := strings.Fields(row)
+		if len(f) != 8 {
+			t.Fatalf("row %q", row)
+		}
+		if f[3] != strconv.Itoa(most(perNode[f[0]])) || perNode[f[0]][f[2]] != most(perNode[f[0]]) {
+			t.Errorf("%s: largest node share %s %s, plan has %v", f[0], f[2], f[3], perNode[f[0]])
+		}
+		if f[0] == "web" && (f[6] != strconv.Itoa(most(perZone["web"])) || !strings.HasPrefix(f[5], "zone=")) {
+			t.Errorf("web: largest zone share %s %s, plan has %v", f[5], f[6], perZone["web"])
+		}
+		if f[0] != "web" && f[5] != "-" {
+			t.Errorf("%s spreads by node but shows %s", f[0], f[5])
+		}
+		if h, _ := strconv.Atoi(f[3]); func() bool { b, _ := strconv.Atoi(f[4]); return h > b }() {
+			t.Errorf("%s: holds %s over its bound %s", f[0], f[3], f[4])
+		}
 	}
 }
 
