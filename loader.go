@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -116,6 +117,14 @@ type loader struct {
 	jobs     []Job
 	errs     []FieldError
 	seen     map[string]FieldError // name → where first declared
+	// hostPorts are the ports host-networked processes bind on the node
+	// itself, checked in finish against every service's balancer port.
+	hostPorts []hostPort
+}
+
+type hostPort struct {
+	port int
+	at   FieldError // where it is declared
 }
 
 func newLoader() *loader {
@@ -252,6 +261,14 @@ func (l *loader) decl(file string, v cue.Value, prefix string) {
 		s.Source = src
 		errs = checkService(&s)
 		name = s.Name
+		if s.Network == NetworkHost {
+			for i, p := range s.Ports {
+				if p.Target > 0 {
+					path := fmt.Sprintf("ports[%d].target", i)
+					l.hostPorts = append(l.hostPorts, hostPort{p.Target, errAt(file, posOf(v, path), joinPath(prefix, path), "")})
+				}
+			}
+		}
 		if len(errs) == 0 {
 			l.services = append(l.services, s)
 		}
@@ -269,6 +286,22 @@ func (l *loader) decl(file string, v cue.Value, prefix string) {
 }
 
 func (l *loader) finish() (*Spec, error) {
+	balancer := map[int]string{}
+	for _, s := range l.services {
+		for _, p := range s.Ports {
+			balancer[p.Port] = s.Name
+		}
+	}
+	for _, hp := range l.hostPorts {
+		e := hp.at
+		if svc, ok := balancer[hp.port]; ok {
+			e.Message = fmt.Sprintf("host port %d is where the balancer serves service %q on every node: choose another target", hp.port, svc)
+			l.errs = append(l.errs, e)
+		} else if slices.Contains(AgentPorts, hp.port) {
+			e.Message = fmt.Sprintf("host port %d is one of the agent's own ports %v: choose another target", hp.port, AgentPorts)
+			l.errs = append(l.errs, e)
+		}
+	}
 	if len(l.errs) > 0 {
 		return nil, &ValidationError{Errors: l.errs}
 	}

@@ -223,15 +223,16 @@ func TestParseSchedule(t *testing.T) {
 
 func TestRecordsFor(t *testing.T) {
 	ins := []shoal.Instance{
-		{Slot: shoal.Slot{Service: "web", Index: 1}, State: shoal.StateHealthy, Revision: "r1", Ports: map[string]int{"http": 20001, "admin": 20002}},
-		{Slot: shoal.Slot{Service: "web", Index: 0}, State: shoal.StateStarting, Revision: "r1", Ports: map[string]int{"http": 20000}},
+		{Slot: shoal.Slot{Service: "web", Index: 1}, State: shoal.StateHealthy, Revision: "r1", Ports: map[string]int{"http": 20001, "admin": 20002},
+			IP: "10.89.0.5", Targets: map[string]int{"http": 80, "admin": 9000}},
+		{Slot: shoal.Slot{Service: "web", Index: 0}, State: shoal.StateStarting, Revision: "r1", Ports: map[string]int{"http": 20000}}, // host network
 		{Slot: shoal.Slot{Service: "job", Index: 0}, State: shoal.StateHealthy}, // no ports: no record
 	}
 	got := shoal.RecordsFor("n1", "10.0.0.1", ins)
 	want := []shoal.Record{
 		{Service: "web", Slot: 0, Node: "n1", Addr: "10.0.0.1", PortName: "http", Port: 20000, Revision: "r1", Healthy: false},
-		{Service: "web", Slot: 1, Node: "n1", Addr: "10.0.0.1", PortName: "admin", Port: 20002, Revision: "r1", Healthy: true},
-		{Service: "web", Slot: 1, Node: "n1", Addr: "10.0.0.1", PortName: "http", Port: 20001, Revision: "r1", Healthy: true},
+		{Service: "web", Slot: 1, Node: "n1", Addr: "10.0.0.1", PortName: "admin", Port: 20002, Revision: "r1", Healthy: true, Local: "10.89.0.5:9000"},
+		{Service: "web", Slot: 1, Node: "n1", Addr: "10.0.0.1", PortName: "http", Port: 20001, Revision: "r1", Healthy: true, Local: "10.89.0.5:80"},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("got %+v", got)

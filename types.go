@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net"
 	"sort"
 	"strconv"
 	"strings"
@@ -63,7 +64,10 @@ type Service struct {
 	// Spread is "node" (the default: replicas on distinct nodes where
 	// possible) or the name of a node label, such as "zone", whose values
 	// replicas are balanced across.
-	Spread  string         `json:"spread"`
+	Spread string `json:"spread"`
+	// Network is "bridge" (its own network namespace on the node's
+	// bridge; the default) or "host" (the node's network, the exception).
+	Network string         `json:"network,omitempty"`
 	Restart RestartPolicy  `json:"restart"`
 	Update  UpdateStrategy `json:"update"`
 	Scale   *Scale         `json:"scale,omitempty"`
@@ -120,14 +124,36 @@ type Resources struct {
 	Memory Bytes   `json:"memory"` // bytes
 }
 
-// Port is a port a service listens on. The runtime hands the container a
-// node-local host port in PORT (first port) and SHOAL_PORT_<NAME>; Port is
-// the stable port the fleet's balancer serves the service on.
+// Port is a port a service listens on. Port is the stable port the fleet's
+// balancer serves the service on; the process listens on Target (Port when
+// zero) in its own network namespace, and PORT (first port) and
+// SHOAL_PORT_<NAME> say which. Peers reach it at a host port of its node
+// mapped to Target. With host networking the process listens on the host
+// port handed to it in PORT instead.
 type Port struct {
 	Name     string   `json:"name"`
 	Port     int      `json:"port"`
+	Target   int      `json:"target,omitempty"`
 	Protocol Protocol `json:"protocol"`
 }
+
+// ContainerPort is the port the process listens on in its own namespace.
+func (p Port) ContainerPort() int {
+	if p.Target > 0 {
+		return p.Target
+	}
+	return p.Port
+}
+
+// AgentPorts are the ports an agent itself binds by default (container
+// DNS, its API, gossip, its DNS): no service may take them on a node.
+var AgentPorts = []int{53, 7900, 7946, 8600}
+
+// Network modes of a service.
+const (
+	NetworkBridge = "bridge"
+	NetworkHost   = "host"
+)
 
 // Protocol of a service port.
 type Protocol string
@@ -241,9 +267,14 @@ type Instance struct {
 	Revision    string         `json:"revision"`  // Git commit it was started from
 	State       InstanceState  `json:"state"`
 	Ports       map[string]int `json:"ports,omitempty"` // port name → host port
-	StartedAt   time.Time      `json:"started_at"`
-	Restarts    int            `json:"restarts"`
-	LastError   string         `json:"last_error,omitempty"`
+	// IP is the container's address on the node's bridge, and Targets
+	// its ports there (port name → container port); empty with host
+	// networking.
+	IP        string         `json:"ip,omitempty"`
+	Targets   map[string]int `json:"targets,omitempty"`
+	StartedAt time.Time      `json:"started_at"`
+	Restarts  int            `json:"restarts"`
+	LastError string         `json:"last_error,omitempty"`
 }
 
 // Record is what the mesh gossips about one instance: enough for DNS and the
@@ -260,6 +291,10 @@ type Record struct {
 	// definition hash: rolling updates see which slots run the new one.
 	Spec    string `json:"spec,omitempty"`
 	Healthy bool   `json:"healthy"`
+	// Local is where this node dials its own instance directly (its
+	// container address and port), skipping the host port's translation.
+	// Set only on a node's own records; never gossiped.
+	Local string `json:"local,omitempty"`
 }
 
 // SpecHashLen is how much of a definition hash records carry.
@@ -452,11 +487,15 @@ func RecordsFor(node, addr string, instances []Instance) []Record {
 		}
 		sort.Strings(names)
 		for _, name := range names {
-			rs = append(rs, Record{
+			r := Record{
 				Service: in.Service, Slot: in.Index, Node: node, Addr: addr,
 				PortName: name, Port: in.Ports[name], Revision: in.Revision,
 				Spec: ShortSpec(in.SpecHash), Healthy: in.State == StateHealthy,
-			})
+			}
+			if t := in.Targets[name]; in.IP != "" && t > 0 {
+				r.Local = net.JoinHostPort(in.IP, strconv.Itoa(t))
+			}
+			rs = append(rs, r)
 		}
 	}
 	SortRecords(rs)

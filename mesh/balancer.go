@@ -198,8 +198,11 @@ type candidate struct {
 	active *int64 // open connections to addr, across routes
 }
 
-// candidates are the healthy instances of a route; local ones only, when
-// any is healthy, to save a network hop. Callers do not modify them.
+// candidates are the healthy instances of a route, on every node: when
+// traffic enters the fleet through one node (one public address), the
+// replicas elsewhere must get their share too. Local instances are dialed
+// at their container address, which saves the host port's translation.
+// Callers do not modify them.
 func (b *Balancer) candidates(r Route) []candidate {
 	if b.cfg.Generation == nil {
 		return b.candidatesOf(r)
@@ -219,21 +222,19 @@ func (b *Balancer) candidates(r Route) []candidate {
 }
 
 func (b *Balancer) candidatesOf(r Route) []candidate {
-	var local, all []candidate
+	var all []candidate
 	for _, rec := range b.src() {
 		if rec.Service != r.Service || rec.PortName != r.PortName || !rec.Healthy {
 			continue
 		}
 		addr := backendAddr(rec)
-		ip, _ := netip.ParseAddr(rec.Addr)
-		c := candidate{addr: addr, ip: ip, port: rec.Port, active: b.counter(addr)}
-		all = append(all, c)
-		if rec.Node == b.cfg.LocalNode {
-			local = append(local, c)
+		ip, port := netip.Addr{}, rec.Port
+		if ap, err := netip.ParseAddrPort(rec.Local); err == nil && rec.Node == b.cfg.LocalNode {
+			addr, ip, port = rec.Local, ap.Addr(), int(ap.Port())
+		} else {
+			ip, _ = netip.ParseAddr(rec.Addr)
 		}
-	}
-	if len(local) > 0 {
-		return local
+		all = append(all, candidate{addr: addr, ip: ip, port: port, active: b.counter(addr)})
 	}
 	return all
 }
@@ -250,7 +251,10 @@ func (b *Balancer) counter(addr string) *int64 {
 }
 
 // pick chooses among cands by power of two choices: two random
-// candidates, the one with fewer open connections.
+// candidates, the one with fewer open connections. Ties go to the first
+// drawn, at random: a preference for local instances on ties would send
+// them most of a light load, and the replicas elsewhere (those
+// autoscaling just added, say) would idle.
 func (b *Balancer) pick(cands []candidate) int {
 	n := len(cands)
 	if n == 1 {

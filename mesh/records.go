@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -159,6 +160,7 @@ func digestOf(rs []shoal.Record) string {
 	cp := append([]shoal.Record(nil), rs...)
 	shoal.SortRecords(cp)
 	for i := range cp {
+		cp[i].Local = "" // not gossiped: the digest must match what peers decode
 		if len(cp[i].Revision) > 12 {
 			cp[i].Revision = cp[i].Revision[:12]
 		}
@@ -182,7 +184,13 @@ func (m *Mesh) SetLocalRecords(rs []shoal.Record) {
 	d := digestOf(cp)
 	m.mu.Lock()
 	if d == m.digest {
+		// Only what is never gossiped (Local) may differ: keep it here.
+		changed := !slices.Equal(cp, m.local)
+		m.local = cp
 		m.mu.Unlock()
+		if changed {
+			m.notify()
+		}
 		return
 	}
 	m.local, m.digest = cp, d

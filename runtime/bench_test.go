@@ -204,7 +204,8 @@ func startBenchRuntime(b *testing.B) (*runtime.Runtime, func()) {
 	rt, err := runtime.New(context.Background(), runtime.Config{
 		Socket: socket, Namespace: benchNS, DataDir: b.TempDir(), NodeName: "n1",
 		PortLow: benchRuntimePorts, PortHigh: benchRuntimePorts + 199, Parallel: benchParallel,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Network: runtime.NetworkConfig{Mode: runtime.NetworkHost},
+		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		b.Fatal(err)

@@ -127,11 +127,10 @@ func (r *Runtime) check(ctx context.Context, ct *container, svc shoal.Service) b
 	if portName == "" && len(svc.Ports) > 0 {
 		portName = svc.Ports[0].Name
 	}
-	port := hostPort(ct.labels[LabelPorts], portName)
-	if port == 0 {
+	addr := checkAddr(ct.labels, portName)
+	if addr == "" {
 		return false
 	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	if h.HTTP != "" {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+h.HTTP, nil)
 		if err != nil {
@@ -194,4 +193,21 @@ func (r *Runtime) execCheck(ctx context.Context, ct *container, argv []string) e
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// checkAddr is where a health check reaches a container's port: its
+// address on the bridge, or the host port on loopback with host networking.
+func checkAddr(labels map[string]string, portName string) string {
+	if labels[LabelNetwork] == NetworkBridge {
+		ip, port := labels[LabelIP], portsOf(labels[LabelTargets])[portName]
+		if ip == "" || port == 0 {
+			return ""
+		}
+		return net.JoinHostPort(ip, strconv.Itoa(port))
+	}
+	port := hostPort(labels[LabelPorts], portName)
+	if port == 0 {
+		return ""
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -39,6 +41,12 @@ const (
 	LabelNode     = "shoal.node"
 	LabelPorts    = "shoal.ports"
 	LabelImage    = "shoal.image"
+	// LabelNetwork is NetworkBridge or NetworkHost; LabelTargets the
+	// ports the process listens on (port name → port), and LabelIP its
+	// address on the bridge, set once the task's namespace is attached.
+	LabelNetwork = "shoal.network"
+	LabelTargets = "shoal.targets"
+	LabelIP      = "shoal.ip"
 )
 
 // Config says where containerd is and how to run containers.
@@ -65,9 +73,14 @@ type Config struct {
 	// ResolvConf, when set, is bind-mounted as the containers'
 	// /etc/resolv.conf (the agent points it at the mesh DNS).
 	ResolvConf string
-	// NetNS is the network namespace containers join; default the
-	// agent's own (/proc/self/ns/net): host networking.
+	// NetNS is the network namespace host-networked containers join;
+	// default the agent's own (/proc/<pid>/ns/net).
 	NetNS string
+	// Network is how containers are networked: by default each has its
+	// own namespace on a bridge, set up with CNI.
+	Network NetworkConfig
+	// PidsLimit caps the processes of one container; default 1024.
+	PidsLimit int64
 	// KeepUnusedImages is how many images no container uses are kept (the
 	// most recently used first) for quick rollbacks; the rest are deleted
 	// and containerd's GC frees their content. Default 3; negative keeps
@@ -92,6 +105,7 @@ type Runtime struct {
 	daemon *Daemon
 	images *puller
 	ports  *portAllocator
+	net    *network // nil with host networking only
 
 	wake    chan struct{}
 	changes chan struct{}
@@ -106,7 +120,8 @@ type Runtime struct {
 	failures  map[shoal.Slot]failureState
 	pending   map[shoal.Slot]string // desired slots not started: why
 
-	lastGC time.Time
+	lastGC    time.Time
+	collected bool // leftover network attachments reclaimed
 
 	closeOnce sync.Once
 }
@@ -140,6 +155,10 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 	if cfg.Parallel == 0 {
 		cfg.Parallel = 4
 	}
+	if cfg.PidsLimit == 0 {
+		cfg.PidsLimit = 1024
+	}
+	cfg.Network = cfg.Network.withDefaults()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -157,6 +176,9 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		wake: make(chan struct{}, 1), changes: make(chan struct{}, 1),
 		health: map[string]*probeState{}, failures: map[shoal.Slot]failureState{}, pending: map[shoal.Slot]string{},
 		ports: newPortAllocator(cfg.PortLow, cfg.PortHigh),
+	}
+	if cfg.Network.Mode != NetworkBridge && cfg.Network.Mode != NetworkHost {
+		return nil, fmt.Errorf("runtime: network mode %q: want %s or %s", cfg.Network.Mode, NetworkBridge, NetworkHost)
 	}
 	if err := ping(ctx, cfg.Socket); err != nil {
 		if !cfg.StartContainerd {
@@ -177,12 +199,55 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		return nil, fmt.Errorf("runtime: connect %s: %w", r.cfg.Socket, err)
 	}
 	r.client = client
+	if cfg.Network.Mode == NetworkBridge {
+		n, err := newNetwork(ctx, cfg.Network, cfg.DataDir, r.log)
+		if err != nil {
+			r.Close()
+			return nil, fmt.Errorf("runtime: container network: %w", err)
+		}
+		r.net = n
+	}
 	r.images = newPuller(client, cfg, r.log, r.poke)
 	return r, nil
 }
 
 // Socket is the containerd socket in use (a private daemon's, if started).
 func (r *Runtime) Socket() string { return r.cfg.Socket }
+
+// Gateway is the bridge's address on this node, where containers reach
+// the agent's DNS and balancer; invalid with host networking only.
+func (r *Runtime) Gateway() netip.Addr {
+	if r.net == nil {
+		return netip.Addr{}
+	}
+	return r.net.gateway
+}
+
+// AllowServicePorts lets containers reach the node's balancer on these
+// ports; every other port of the node stays closed to them.
+func (r *Runtime) AllowServicePorts(ports []int) error {
+	if r.net == nil {
+		return nil
+	}
+	return r.net.allowServicePorts(ports)
+}
+
+// RemoveNetwork deletes the bridge and the rules of this node's container
+// network, once no container is left: for a node drained for good.
+func (r *Runtime) RemoveNetwork() error {
+	if r.net == nil {
+		return nil
+	}
+	return r.net.remove()
+}
+
+// networkOf is how a service's containers are networked here.
+func (r *Runtime) networkOf(svc shoal.Service) string {
+	if r.net == nil || svc.Network == shoal.NetworkHost {
+		return NetworkHost
+	}
+	return NetworkBridge
+}
 
 func (r *Runtime) ctx(ctx context.Context) context.Context {
 	return namespaces.WithNamespace(ctx, r.cfg.Namespace)
@@ -281,6 +346,14 @@ func (r *Runtime) Step(ctx context.Context) error {
 	observed, containers, err := r.observe(ctx)
 	if err != nil {
 		return err
+	}
+	if !r.collected && r.net != nil {
+		live := map[string]bool{}
+		for id := range containers {
+			live[id] = true
+		}
+		r.net.collect(ctx, live)
+		r.collected = true
 	}
 	r.probe(ctx, containers)
 	r.mu.Lock()
@@ -509,23 +582,41 @@ func (r *Runtime) start(ctx context.Context, d Desired, revision string) error {
 	}
 	now := r.cfg.Now()
 	id := containerID(d, now)
-	ports, err := r.ports.allocate(id, d.Service.Ports)
+	mode := r.networkOf(d.Service)
+	// A host-networked process with a target binds that port on the node
+	// itself; every other port gets a host port from the range.
+	var alloc []shoal.Port
+	for _, p := range d.Service.Ports {
+		if mode == NetworkBridge || p.Target == 0 {
+			alloc = append(alloc, p)
+		}
+	}
+	ports, err := r.ports.allocate(id, alloc)
 	if err != nil {
 		return err
 	}
+	ports = maps.Clone(ports) // the allocator's own map
+	for _, p := range d.Service.Ports {
+		if mode == NetworkHost && p.Target > 0 {
+			ports[p.Name] = p.Target
+		}
+	}
+	targets := targetPorts(mode, d.Service.Ports, ports)
 	portJSON, _ := json.Marshal(ports)
+	targetJSON, _ := json.Marshal(targets)
 	labels := map[string]string{
 		LabelService: d.Slot.Service, LabelSlot: strconv.Itoa(d.Slot.Index),
 		LabelSpecHash: d.Service.Hash(), LabelRevision: revision, LabelNode: r.cfg.NodeName,
 		LabelPorts: string(portJSON), LabelImage: d.Service.Image,
+		LabelNetwork: mode, LabelTargets: string(targetJSON),
 		"shoal.started": now.UTC().Format(time.RFC3339Nano),
 	}
 	env := []string{"SHOAL_SERVICE=" + d.Slot.Service, "SHOAL_SLOT=" + strconv.Itoa(d.Slot.Index), "SHOAL_NODE=" + r.cfg.NodeName}
 	for i, p := range d.Service.Ports {
 		if i == 0 {
-			env = append(env, "PORT="+strconv.Itoa(ports[p.Name]))
+			env = append(env, "PORT="+strconv.Itoa(targets[p.Name]))
 		}
-		env = append(env, "SHOAL_PORT_"+envName(p.Name)+"="+strconv.Itoa(ports[p.Name]))
+		env = append(env, "SHOAL_PORT_"+envName(p.Name)+"="+strconv.Itoa(targets[p.Name]))
 	}
 	keys := make([]string, 0, len(d.Service.Env))
 	for k := range d.Service.Env {
@@ -537,10 +628,15 @@ func (r *Runtime) start(ctx context.Context, d Desired, revision string) error {
 	}
 	opts := []oci.SpecOpts{
 		oci.WithImageConfig(img),
-		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: r.cfg.NetNS}),
 		oci.WithEnv(env),
 		oci.WithHostHostsFile,
 	}
+	// A bridged container keeps the new network namespace runc makes for
+	// it; startTask attaches it to the bridge before the process runs.
+	if mode == NetworkHost {
+		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: r.cfg.NetNS}))
+	}
+	opts = append(opts, hardening(r.cfg.PidsLimit)...)
 	if args := append(append([]string(nil), d.Service.Command...), d.Service.Args...); len(d.Service.Command) > 0 {
 		opts = append(opts, oci.WithProcessArgs(args...))
 	} else if len(d.Service.Args) > 0 {
@@ -574,8 +670,9 @@ func (r *Runtime) start(ctx context.Context, d Desired, revision string) error {
 		return fmt.Errorf("create %s: %w", id, err)
 	}
 	t1 := time.Now()
-	if err := r.startTask(ctx, c, d.Slot); err != nil {
+	if err := r.startTask(ctx, c, d.Slot, labels); err != nil {
 		c.Delete(ctx, containerd.WithSnapshotCleanup)
+		r.detach(ctx, id, labels)
 		r.ports.release(id)
 		return err
 	}
@@ -587,12 +684,28 @@ func (r *Runtime) start(ctx context.Context, d Desired, revision string) error {
 	return nil
 }
 
-func (r *Runtime) startTask(ctx context.Context, c containerd.Container, slot shoal.Slot) error {
+// startTask creates the container's task, attaches a bridged one's network
+// namespace while its process waits to run, and starts it.
+func (r *Runtime) startTask(ctx context.Context, c containerd.Container, slot shoal.Slot, labels map[string]string) error {
 	path := r.logPath(slot)
 	rotate(path, r.cfg.LogMaxBytes)
 	task, err := c.NewTask(ctx, cio.LogFile(path))
 	if err != nil {
 		return fmt.Errorf("create task %s: %w", c.ID(), err)
+	}
+	if labels[LabelNetwork] == NetworkBridge {
+		if r.net == nil {
+			task.Delete(ctx, containerd.WithProcessKill)
+			return fmt.Errorf("start %s: made for the bridge, and this agent runs host networking only", c.ID())
+		}
+		ip, err := r.net.attach(ctx, c.ID(), task.Pid(), mappingsFor(portsOf(labels[LabelPorts]), portsOf(labels[LabelTargets])))
+		if err == nil {
+			_, err = c.SetLabels(ctx, map[string]string{LabelIP: ip.String()})
+		}
+		if err != nil {
+			task.Delete(ctx, containerd.WithProcessKill)
+			return fmt.Errorf("network of %s: %w", c.ID(), err)
+		}
 	}
 	if err := task.Start(ctx); err != nil {
 		task.Delete(ctx, containerd.WithProcessKill)
@@ -639,7 +752,7 @@ func (r *Runtime) restart(ctx context.Context, ct *container, o Observed) error 
 	}
 	if spec, err := c.Spec(ctx); err == nil && spec.Linux != nil {
 		for _, ns := range spec.Linux.Namespaces {
-			if ns.Type == specs.NetworkNamespace && ns.Path != r.cfg.NetNS {
+			if ns.Type == specs.NetworkNamespace && ns.Path != "" && ns.Path != r.cfg.NetNS {
 				r.log.Info("recreating: made by an earlier agent process", "slot", o.Slot.String(), "container", o.ID)
 				return r.remove(ctx, ct)
 			}
@@ -649,13 +762,13 @@ func (r *Runtime) restart(ctx context.Context, ct *container, o Observed) error 
 	// (the container then exits with "address in use" each time): start
 	// afresh with new ports instead of looping.
 	for name, port := range portsOf(ct.labels[LabelPorts]) {
-		if !free(port) {
+		if ct.labels[LabelNetwork] != NetworkBridge && !free(port) {
 			r.log.Warn("port taken by another process, recreating", "slot", o.Slot.String(), "port", name, "host_port", port)
 			return r.remove(ctx, ct)
 		}
 	}
 	r.log.Info("restarting", "slot", o.Slot.String(), "container", o.ID, "why", why, "failures", f.count)
-	return r.startTask(ctx, c, o.Slot)
+	return r.startTask(ctx, c, o.Slot, ct.labels)
 }
 
 // stopTask sends SIGTERM, then SIGKILL after grace, and deletes the task.
@@ -716,6 +829,7 @@ func (r *Runtime) remove(ctx context.Context, ct *container) error {
 	if err := DeleteContainer(ctx, c, 5*time.Second); err != nil {
 		return err
 	}
+	r.detach(ctx, ct.id, ct.labels)
 	r.mu.Lock()
 	delete(r.health, ct.id)
 	r.mu.Unlock()
@@ -724,6 +838,34 @@ func (r *Runtime) remove(ctx context.Context, ct *container) error {
 		r.log.Info("stopped", "container", ct.id)
 	}
 	return nil
+}
+
+// detach releases a removed container's address and port mappings.
+func (r *Runtime) detach(ctx context.Context, id string, labels map[string]string) {
+	if r.net == nil || (labels != nil && labels[LabelNetwork] != NetworkBridge) {
+		return
+	}
+	var maps []portMapping
+	if labels != nil {
+		maps = mappingsFor(portsOf(labels[LabelPorts]), portsOf(labels[LabelTargets]))
+	}
+	if err := r.net.detach(ctx, id, maps); err != nil {
+		r.log.Warn("release container network", "container", id, "err", err)
+	}
+}
+
+// targetPorts is the port each named port's process listens on: its
+// container port on the bridge, the host port handed to it on the host.
+func targetPorts(mode string, ports []shoal.Port, host map[string]int) map[string]int {
+	out := make(map[string]int, len(ports))
+	for _, p := range ports {
+		if mode == NetworkBridge {
+			out[p.Name] = p.ContainerPort()
+		} else {
+			out[p.Name] = host[p.Name]
+		}
+	}
+	return out
 }
 
 // publish turns what exists into Instances and signals a change.
@@ -753,6 +895,10 @@ func (r *Runtime) publish(ctx context.Context, desired []Desired) error {
 		}
 		json.Unmarshal([]byte(ct.labels[LabelPorts]), &in.Ports)
 		r.ports.adopt(id, in.Ports)
+		if ct.labels[LabelNetwork] == NetworkBridge {
+			in.IP = ct.labels[LabelIP]
+			in.Targets = portsOf(ct.labels[LabelTargets])
+		}
 		f := r.failures[in.Slot]
 		in.Restarts = f.restarts
 		// Healthy needs a passed check when the service has one (an
@@ -811,7 +957,7 @@ func instancesEqual(a, b []shoal.Instance) bool {
 	}
 	for i := range a {
 		x, y := a[i], b[i]
-		if x.Slot != y.Slot || x.ContainerID != y.ContainerID || x.State != y.State || x.Restarts != y.Restarts || x.LastError != y.LastError || len(x.Ports) != len(y.Ports) {
+		if x.Slot != y.Slot || x.ContainerID != y.ContainerID || x.State != y.State || x.Restarts != y.Restarts || x.LastError != y.LastError || len(x.Ports) != len(y.Ports) || x.IP != y.IP {
 			return false
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -75,6 +76,15 @@ func TestMain(m *testing.M) {
 	if envStop != nil {
 		envStop()
 	}
+	// Every test removes its network: nothing of Shoal's may be left.
+	if out, err := exec.Command("iptables-save").Output(); err == nil {
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.Contains(l, "shtest") || strings.Contains(l, "CNI-") {
+				fmt.Fprintf(os.Stderr, "left behind by the tests: %s\n", l)
+				code = 1
+			}
+		}
+	}
 	os.Exit(code)
 }
 
@@ -86,12 +96,14 @@ var portBlock atomic.Int32
 func newRuntime(t *testing.T, ns string, opts ...func(*runtime.Config)) (*runtime.Runtime, func()) {
 	t.Helper()
 	setup(t)
-	low := 23000 + 200*int(portBlock.Add(1)%25)
+	block := int(portBlock.Add(1) % 25)
+	low := 23000 + 200*block
 	dir := t.TempDir()
 	cfg := runtime.Config{
 		Socket: socket, Namespace: ns, DataDir: dir, NodeName: "n1",
 		Interval: 100 * time.Millisecond, PortLow: low, PortHigh: low + 199,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Network: testNetwork(block),
+		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -105,11 +117,10 @@ func newRuntime(t *testing.T, ns string, opts ...func(*runtime.Config)) (*runtim
 	go func() { rt.Run(ctx); close(done) }()
 	var once sync.Once
 	stop := func() { once.Do(func() { cancel(); <-done; rt.Close() }) }
-	cleanDir := t.TempDir()
 	t.Cleanup(func() {
 		stop() // or it would restart what the cleanup removes
 		// Remove whatever the test left in its namespace.
-		rt2, err := runtime.New(context.Background(), runtime.Config{Socket: socket, Namespace: ns, DataDir: cleanDir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		rt2, err := runtime.New(context.Background(), runtime.Config{Socket: socket, Namespace: ns, DataDir: dir, Network: cfg.Network, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		if err != nil {
 			t.Errorf("cleanup: %v", err)
 			return
@@ -117,9 +128,18 @@ func newRuntime(t *testing.T, ns string, opts ...func(*runtime.Config)) (*runtim
 		if err := rt2.Drain(context.Background()); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
+		if err := rt2.RemoveNetwork(); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
 		rt2.Close()
 	})
 	return rt, stop
+}
+
+// testNetwork is a bridge and subnet of the runtime's own, in the host's
+// network namespace, removed by the test's clean-up.
+func testNetwork(block int) runtime.NetworkConfig {
+	return runtime.NetworkConfig{Bridge: fmt.Sprintf("shtest%d", block), Subnet: fmt.Sprintf("10.91.%d.0/24", block), DenyPorts: []int{7900, 7946}}
 }
 
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
@@ -667,6 +687,7 @@ func TestStartsPrivateContainerd(t *testing.T) {
 	t.Cleanup(func() { ctrtest.RemoveAll(filepath.Join(dir, "containerd")); os.RemoveAll(dir) })
 	rt, err := runtime.New(context.Background(), runtime.Config{
 		Socket: filepath.Join(dir, "none.sock"), StartContainerd: true, Namespace: "t-private", DataDir: dir,
+		Network:  runtime.NetworkConfig{Mode: runtime.NetworkHost},
 		NodeName: "n1", Interval: 100 * time.Millisecond, PortLow: 28300, PortHigh: 28399,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})

@@ -233,7 +233,15 @@ func (a *agent) step(now time.Time) {
 	a.mesh.SetLocalRecords(a.publishable(instances))
 	want = append(want, jobRuns...)
 	a.rt.SetDesired(rev.Commit, want)
-	a.lb.SetRoutes(routesOf(rev.Spec))
+	routes := routesOf(rev.Spec)
+	a.lb.SetRoutes(routes)
+	ports := make([]int, len(routes))
+	for i, r := range routes {
+		ports[i] = r.Port
+	}
+	if err := a.rt.AllowServicePorts(ports); err != nil {
+		a.log.Warn("let containers reach the balancer", "err", err)
+	}
 	a.mesh.SetRevision(rev.Commit)
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/shoal-run/shoal"
 	"github.com/shoal-run/shoal/mesh"
+	"github.com/shoal-run/shoal/runtime"
 )
 
 // Default addresses of an agent. The gossip port follows Serf's convention
@@ -61,6 +62,13 @@ type agentConfig struct {
 	DockerConfig        string
 	PortRange           string
 	DrainOnExit         bool
+	// Container network: bridge (the default) or host, and the bridge's
+	// settings.
+	Network         string
+	Bridge          string
+	ContainerSubnet string
+	CNIBinDirs      []string
+	CNIConfDir      string
 
 	// Serving.
 	API            string
@@ -181,11 +189,16 @@ func (c *agentConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DockerConfig, "docker-config", "", "Docker config.json with registry credentials (default: ~/.docker/config.json)")
 	fs.StringVar(&c.PortRange, "port-range", "20000-29999", "host ports handed to containers")
 	fs.BoolVar(&c.DrainOnExit, "drain", false, "stop this node's containers on shutdown (default: keep them running)")
+	fs.StringVar(&c.Network, "network", "bridge", "container networking: bridge (each container its own namespace on --bridge, set up with CNI) or host (every container on the node's network, listening on $PORT)")
+	fs.StringVar(&c.Bridge, "bridge", "shoal0", "the node-local bridge containers are attached to")
+	fs.StringVar(&c.ContainerSubnet, "container-subnet", "10.89.0.0/16", "the bridge's subnet; containers get addresses from it and reach the agent's DNS at its first address")
+	fs.Var(listFlag{&c.CNIBinDirs}, "cni-bin-dir", "directories of the CNI plugins (default /usr/lib/cni,/opt/cni/bin)")
+	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", "", "directory whose first *.conflist replaces the generated network configuration (for operators who bring their own)")
 
 	fs.StringVar(&c.API, "api", "127.0.0.1:7900", "HTTP API address; a non-loopback address needs --api-token")
 	fs.StringVar(&c.APIToken, "api-token", os.Getenv("SHOAL_TOKEN"), "API bearer token (or SHOAL_TOKEN)")
 	fs.StringVar(&c.DNS, "dns", defaultDNSAddr, "DNS server address for *.shoal")
-	fs.StringVar(&c.ContainerDNS, "container-dns", "auto", "DNS address on port 53 that containers' resolv.conf names: auto (the advertised address), an IP, or off")
+	fs.StringVar(&c.ContainerDNS, "container-dns", "auto", "DNS address on port 53 that containers' resolv.conf names: auto (the bridge's gateway; the advertised address with --network host), an IP, or off")
 	fs.Var(listFlag{&c.DNSUpstreams}, "dns-upstream", "resolvers for names outside .shoal (default: /etc/resolv.conf)")
 	fs.StringVar(&c.Ingress, "ingress", "0.0.0.0", "address the balancer listens on, on every service port")
 	fs.IntVar(&c.BalancerThreads, "balancer-threads", 0, fmt.Sprintf("the balancer's event loops, each keeping a thread while traffic flows; 0: one per CPU (%d here). Lower it where several agents share a machine", mesh.CPUs()))
@@ -275,6 +288,18 @@ func (c *agentConfig) finish() error {
 	}
 	if c.GossipKey != "" && c.Keyring != "" {
 		errs = append(errs, errors.New("set --gossip-key or --keyring, not both"))
+	}
+	switch c.Network {
+	case runtime.NetworkBridge:
+		if _, _, err := runtime.ParseSubnet(c.ContainerSubnet); err != nil {
+			errs = append(errs, fmt.Errorf("--container-subnet: %w", err))
+		}
+		if c.Bridge == "" || len(c.Bridge) > 15 || strings.ContainsAny(c.Bridge, " /") {
+			errs = append(errs, fmt.Errorf("--bridge %q: want an interface name of 1 to 15 characters", c.Bridge))
+		}
+	case runtime.NetworkHost:
+	default:
+		errs = append(errs, fmt.Errorf("--network %q: want bridge or host", c.Network))
 	}
 	if c.HandoffTimeout <= 0 {
 		errs = append(errs, errors.New("--handoff-timeout must be positive"))

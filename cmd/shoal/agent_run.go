@@ -184,6 +184,8 @@ func (a *agent) run(ctx context.Context) error {
 		dctx, dcancel := context.WithTimeout(context.Background(), time.Minute)
 		if err := a.rt.Drain(dctx); err != nil {
 			a.log.Warn("drain", "err", err)
+		} else if err := a.rt.RemoveNetwork(); err != nil {
+			a.log.Warn("remove the container network", "err", err)
 		}
 		dcancel()
 	}

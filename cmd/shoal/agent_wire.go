@@ -35,13 +35,23 @@ func (a *agent) build(ctx context.Context) error {
 		ingress = a.addr // <service>.shoal answers this node's balancer
 	}
 	records := func() []shoal.Record { return a.mesh.Records() } // a.mesh is set before anything runs
-	resolvConf := a.containerDNS(ingress, records)
+	_, dnsPortStr, _ := net.SplitHostPort(cfg.DNS)
+	dnsPort, _ := strconv.Atoi(dnsPortStr)
+	resolvConf := ""
+	if cfg.ContainerDNS != "off" && cfg.ContainerDNS != "" {
+		resolvConf = filepath.Join(cfg.DataDir, "resolv.conf")
+	}
 
 	rt, err := runtime.New(ctx, runtime.Config{
 		Socket: cfg.ContainerdSocket, Namespace: cfg.ContainerdNamespace,
 		DataDir: filepath.Join(cfg.DataDir, "runtime"), StartContainerd: cfg.StartContainerd,
 		NodeName: cfg.NodeName, PortLow: lo, PortHigh: hi,
 		InsecureRegistries: cfg.InsecureRegistries, DockerConfig: cfg.DockerConfig,
+		Network: runtime.NetworkConfig{
+			Mode: cfg.Network, Bridge: cfg.Bridge, Subnet: cfg.ContainerSubnet,
+			BinDirs: cfg.CNIBinDirs, ConfDir: cfg.CNIConfDir,
+			DenyPorts: []int{apiPort, bindPort, dnsPort},
+		},
 		ResolvConf: resolvConf, Logger: a.log.With("part", "runtime"),
 	})
 	if err != nil {
@@ -50,6 +60,12 @@ func (a *agent) build(ctx context.Context) error {
 	a.rt = rt
 	a.parts.runs = append(a.parts.runs, rt.Run)
 	a.parts.closers = append(a.parts.closers, rt.Close)
+	if resolvConf != "" {
+		if err := a.containerDNS(ingress, records, resolvConf); err != nil {
+			rt.Close()
+			return err
+		}
+	}
 
 	m, err := mesh.New(mesh.Config{
 		NodeName: cfg.NodeName, BindAddr: bindHost, BindPort: bindPort,
@@ -100,36 +116,39 @@ func (a *agent) build(ctx context.Context) error {
 }
 
 // containerDNS starts listening on the address containers' resolv.conf
-// names (DNS needs port 53 there) and writes that resolv.conf. On failure
-// containers keep the host's resolv.conf and the agent says so.
-func (a *agent) containerDNS(ingress string, records func() []shoal.Record) string {
+// names (DNS needs port 53 there: the bridge's gateway by default) and
+// writes that resolv.conf at path. When it cannot listen, containers get
+// the host's resolvers instead and the agent says so.
+func (a *agent) containerDNS(ingress string, records func() []shoal.Record, path string) error {
 	addr := a.cfg.ContainerDNS
-	switch addr {
-	case "off", "":
-		return ""
-	case "auto":
+	if addr == "auto" {
 		addr = a.addr
+		if gw := a.rt.Gateway(); gw.IsValid() {
+			addr = gw.String()
+		}
 	}
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		addr = net.JoinHostPort(addr, "53")
 	}
 	d := mesh.NewDNS(mesh.DNSConfig{Addr: addr, BalancerAddr: ingress, Upstreams: a.cfg.DNSUpstreams, Logger: a.log.With("part", "dns"), Services: a.serviceNames, Generation: func() uint64 { return a.mesh.Generation() }}, records)
 	if err := d.Listen(); err != nil {
-		a.log.Warn("containers keep the host's resolv.conf: cannot serve them DNS; free the port or set --container-dns", "addr", addr, "err", err)
-		return ""
+		a.log.Warn("containers get the host's resolv.conf: cannot serve them DNS; free the port or set --container-dns", "addr", addr, "err", err)
+		host, err := os.ReadFile("/etc/resolv.conf")
+		if err != nil {
+			return fmt.Errorf("container resolv.conf: %w", err)
+		}
+		return os.WriteFile(path, host, 0o644)
 	}
 	host, _, _ := net.SplitHostPort(addr)
-	path := filepath.Join(a.cfg.DataDir, "resolv.conf")
 	// search shoal first: a bare service name reaches this node's balancer.
 	content := "# Written by shoal agent: this node's mesh DNS.\nnameserver " + host + "\nsearch shoal service.shoal\noptions ndots:1\n"
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-		a.log.Warn("containers keep the host's resolv.conf", "err", err)
 		d.Close()
-		return ""
+		return fmt.Errorf("container resolv.conf: %w", err)
 	}
 	a.cdns = d
 	a.parts.runs = append(a.parts.runs, d.Run)
-	return path
+	return nil
 }
 
 // serviceNames lists the services of the revision in force.

@@ -15,6 +15,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -112,4 +114,113 @@ func (r *Registry) Push(repoTag string, img v1.Image) (string, error) {
 func TestAppDir() string {
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Join(filepath.Dir(file), "..", "..", "examples", "images", "testapp")
+}
+
+// Program packs a program installed on this machine (from a Debian
+// package: software not written for Shoal) with the shared libraries it
+// links, plus extra files (image path → content), into a one-layer image
+// that runs entrypoint.
+func Program(path string, extra map[string]string, entrypoint ...string) (v1.Image, error) {
+	files := map[string]string{path: path} // image path → host path
+	out, err := exec.Command("ldd", path).CombinedOutput()
+	if err == nil { // a static binary makes ldd fail: nothing more to pack
+		for _, line := range strings.Split(string(out), "\n") {
+			f := strings.Fields(line)
+			switch {
+			case len(f) >= 3 && f[1] == "=>" && strings.HasPrefix(f[2], "/"):
+				files[f[2]] = f[2]
+			case len(f) >= 1 && strings.HasPrefix(f[0], "/"):
+				files[f[0]] = f[0]
+			}
+		}
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	dirs := map[string]bool{}
+	mkdirs := func(p string) error {
+		var parts []string
+		for d := filepath.Dir(p); d != "/" && d != "."; d = filepath.Dir(d) {
+			parts = append(parts, d)
+		}
+		for i := len(parts) - 1; i >= 0; i-- {
+			if d := parts[i]; !dirs[d] {
+				dirs[d] = true
+				if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755, Typeflag: tar.TypeDir}); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	add := func(name string, data []byte, mode int64) error {
+		if err := mkdirs(name); err != nil {
+			return err
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(name, "/"), Mode: mode, Size: int64(len(data)), Typeflag: tar.TypeReg}); err != nil {
+			return err
+		}
+		_, err := tw.Write(data)
+		return err
+	}
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		data, err := os.ReadFile(files[n]) // follows links: the file itself
+		if err != nil {
+			return nil, fmt.Errorf("pack %s: %w", n, err)
+		}
+		if err := add(n, data, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	extras := make([]string, 0, len(extra))
+	for n := range extra {
+		extras = append(extras, n)
+	}
+	sort.Strings(extras)
+	for _, n := range extras {
+		if err := add(n, []byte(extra[n]), 0o644); err != nil {
+			return nil, err
+		}
+	}
+	if err := mkdirs("/tmp/x"); err != nil {
+		return nil, err
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	data := buf.Bytes()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+	if err != nil {
+		return nil, err
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cfg = cfg.DeepCopy()
+	cfg.Architecture, cfg.OS = runtime.GOARCH, "linux"
+	cfg.Config.Entrypoint = entrypoint
+	cfg.Config.WorkingDir = "/tmp"
+	return mutate.ConfigFile(img, cfg)
+}
+
+// BusyboxHTTPD is busybox's web server (Debian's busybox-static) serving
+// /www on port 80, as an image of it would.
+func BusyboxHTTPD(index string) (v1.Image, error) {
+	return Program("/bin/busybox", map[string]string{"/www/index.html": index},
+		"/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www")
+}
+
+// Redis is Debian's redis-server listening on its usual port, 6379, with
+// protected mode off as in the official image.
+func Redis() (v1.Image, error) {
+	return Program("/usr/bin/redis-server", nil, "/usr/bin/redis-server", "--protected-mode", "no", "--save", "")
 }

@@ -8,6 +8,10 @@
 // GET /healthz answers 200 while healthy; POST /fail and POST /recover flip
 // it, so a test can make a running instance unhealthy. GET /lookup?host=NAME
 // resolves NAME through the container's resolv.conf, one address a line.
+// GET /dial?addr=HOST:PORT&send=TEXT connects from inside the container,
+// sends TEXT (\r\n for line ends) and answers what came back within a
+// second: tests use it to reach other services, and to prove what a
+// container cannot reach (502 with the error).
 //
 // With no PORT (a cron job has no ports) it runs as a batch task: prints
 // its message and arguments, and exits with EXIT_CODE (default 0).
@@ -75,6 +79,25 @@ func main() {
 		}
 		sort.Strings(addrs)
 		fmt.Fprintln(w, strings.Join(addrs, "\n"))
+	})
+	mux.HandleFunc("/dial", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		conn, err := net.DialTimeout("tcp", q.Get("addr"), 2*time.Second)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(time.Second))
+		if send := strings.ReplaceAll(q.Get("send"), `\r\n`, "\r\n"); send != "" {
+			if _, err := conn.Write([]byte(send)); err != nil {
+				http.Error(w, err.Error(), http.StatusBadGateway)
+				return
+			}
+		}
+		buf := make([]byte, 4096)
+		n, _ := conn.Read(buf)
+		w.Write(buf[:n])
 	})
 	mux.HandleFunc("POST /log", func(w http.ResponseWriter, r *http.Request) {
 		// Write about n bytes of output, for log rotation tests.

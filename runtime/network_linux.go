@@ -1,0 +1,371 @@
+//go:build linux
+
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/coreos/go-iptables/iptables"
+	"github.com/vishvananda/netlink"
+)
+
+// network attaches containers to the node's bridge with CNI and keeps the
+// filter rules that fence them off from the agent.
+type network struct {
+	cfg     NetworkConfig
+	log     *slog.Logger
+	cni     *libcni.CNIConfig
+	list    *libcni.NetworkConfigList
+	subnet  netip.Prefix
+	gateway netip.Addr
+	ipt     *iptables.IPTables
+
+	mu      sync.Mutex
+	allowed string // service ports in the input chain, as last written
+}
+
+// requiredPlugins are the CNI plugins the generated configuration uses.
+var requiredPlugins = []string{"bridge", "host-local", "portmap", "loopback"}
+
+// newNetwork checks the plugins, makes the bridge and the filter rules.
+// Every failure names its fix: the agent stops at start rather than run
+// containers it cannot reach.
+func newNetwork(ctx context.Context, cfg NetworkConfig, dataDir string, log *slog.Logger) (*network, error) {
+	cfg = cfg.withDefaults()
+	subnet, gw, err := ParseSubnet(cfg.Subnet)
+	if err != nil {
+		return nil, err
+	}
+	if len(cfg.Bridge) > 15 {
+		return nil, fmt.Errorf("bridge name %q: at most 15 characters", cfg.Bridge)
+	}
+	n := &network{cfg: cfg, log: log, subnet: subnet, gateway: gw}
+	var listBytes []byte
+	if cfg.ConfDir != "" {
+		files, err := libcni.ConfFiles(cfg.ConfDir, []string{".conflist"})
+		if err != nil || len(files) == 0 {
+			return nil, fmt.Errorf("--cni-conf-dir %s: no *.conflist file there: %v", cfg.ConfDir, err)
+		}
+		sort.Strings(files)
+		if listBytes, err = os.ReadFile(files[0]); err != nil {
+			return nil, fmt.Errorf("--cni-conf-dir: %w", err)
+		}
+	} else {
+		for _, p := range requiredPlugins {
+			if _, err := findPlugin(cfg.BinDirs, p); err != nil {
+				return nil, fmt.Errorf("CNI plugin %q not found in %s: install them (apt-get install containernetworking-plugins) or set --cni-bin-dir: %w", p, strings.Join(cfg.BinDirs, ":"), ErrNoCNI)
+			}
+		}
+		listBytes = cniConfList(cfg.Bridge, subnet, filepath.Join(dataDir, "cni", "ipam"))
+	}
+	if n.list, err = libcni.ConfListFromBytes(listBytes); err != nil {
+		return nil, fmt.Errorf("CNI network configuration: %w", err)
+	}
+	n.cni = libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, filepath.Join(dataDir, "cni", "cache"), nil)
+	if err := n.makeBridge(); err != nil {
+		return nil, err
+	}
+	// Containers on one bridge talk at layer 2; only with br_netfilter do
+	// those frames meet the filter rules (and a reply to a connection made
+	// through a host port get its addresses translated back).
+	if err := enableBridgeFilter(); err != nil {
+		return nil, err
+	}
+	if n.ipt, err = iptables.New(); err != nil {
+		return nil, fmt.Errorf("iptables: %w (apt-get install iptables)", err)
+	}
+	if err := n.writeFilter(nil); err != nil {
+		return nil, err
+	}
+	if cfg.ConfDir == "" {
+		if err := n.ipt.AppendUnique("nat", "POSTROUTING", masqRule(cfg.Bridge, subnet)...); err != nil {
+			return nil, fmt.Errorf("iptables outbound NAT: %w", err)
+		}
+	}
+	return n, nil
+}
+
+func findPlugin(dirs []string, name string) (string, error) {
+	for _, d := range dirs {
+		p := filepath.Join(d, name)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			return p, nil
+		}
+	}
+	return "", os.ErrNotExist
+}
+
+// makeBridge creates the bridge with the gateway address, so that the
+// agent can serve DNS there before the first container starts; the bridge
+// plugin then finds it ready.
+func (n *network) makeBridge() error {
+	link, err := netlink.LinkByName(n.cfg.Bridge)
+	if err != nil {
+		la := netlink.NewLinkAttrs()
+		la.Name = n.cfg.Bridge
+		br := &netlink.Bridge{LinkAttrs: la}
+		if err := netlink.LinkAdd(br); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("make bridge %s: %w (the agent needs root or CAP_NET_ADMIN; or run with --network host)", n.cfg.Bridge, err)
+		}
+		if link, err = netlink.LinkByName(n.cfg.Bridge); err != nil {
+			return fmt.Errorf("bridge %s: %w", n.cfg.Bridge, err)
+		}
+	}
+	if _, ok := link.(*netlink.Bridge); !ok {
+		return fmt.Errorf("%s exists and is not a bridge: remove it or choose --bridge", n.cfg.Bridge)
+	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: n.gateway.AsSlice(), Mask: net.CIDRMask(n.subnet.Bits(), 32)}}
+	if err := netlink.AddrReplace(link, addr); err != nil {
+		return fmt.Errorf("address %s on bridge %s: %w", n.subnet, n.cfg.Bridge, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("bring bridge %s up: %w", n.cfg.Bridge, err)
+	}
+	// Containers' outbound traffic is routed through the node.
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("enable IP forwarding: %w", err)
+	}
+	return nil
+}
+
+func enableBridgeFilter() error {
+	const path = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+	if _, err := os.Stat(path); err != nil {
+		// The module may just not be loaded yet.
+		if out, err := exec.Command("modprobe", "br_netfilter").CombinedOutput(); err != nil {
+			return fmt.Errorf("load br_netfilter: %v: %s (containers on the bridge could reach each other directly; load it with modprobe br_netfilter)", err, strings.TrimSpace(string(out)))
+		}
+	}
+	if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("enable bridge filtering: %w", err)
+	}
+	return nil
+}
+
+// writeFilter (re)writes the input and forward chains and their jumps.
+// servicePorts are the ports the balancer serves, which containers may
+// reach on the node.
+func (n *network) writeFilter(servicePorts []int) error {
+	in, fwd := inputChain(n.cfg.Bridge), forwardChain(n.cfg.Bridge)
+	rules := inputRules(n.gateway, servicePorts)
+	key := fmt.Sprint(rules)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if key == n.allowed {
+		return nil
+	}
+	if err := n.fillChain(in, rules); err != nil {
+		return err
+	}
+	if n.allowed == "" {
+		if err := n.fillChain(fwd, forwardRules(n.cfg.Bridge, n.cfg.DenyPorts)); err != nil {
+			return err
+		}
+		if err := n.ipt.InsertUnique("filter", "INPUT", 1, "-i", n.cfg.Bridge, "-j", in); err != nil {
+			return fmt.Errorf("iptables INPUT: %w", err)
+		}
+		for _, dir := range []string{"-i", "-o"} {
+			if err := n.ipt.InsertUnique("filter", "FORWARD", 1, dir, n.cfg.Bridge, "-j", fwd); err != nil {
+				return fmt.Errorf("iptables FORWARD: %w", err)
+			}
+		}
+	}
+	n.allowed = key
+	return nil
+}
+
+// fillChain replaces a chain's rules, the new ones ahead of the old before
+// the old are deleted, so the chain is never open for a moment.
+func (n *network) fillChain(chain string, rules [][]string) error {
+	if ok, _ := n.ipt.ChainExists("filter", chain); !ok {
+		if err := n.ipt.NewChain("filter", chain); err != nil {
+			return fmt.Errorf("iptables chain %s: %w", chain, err)
+		}
+		for _, r := range rules {
+			if err := n.ipt.Append("filter", chain, r...); err != nil {
+				return fmt.Errorf("iptables %s %v: %w", chain, r, err)
+			}
+		}
+		return nil
+	}
+	old, err := n.ipt.List("filter", chain)
+	if err != nil {
+		return fmt.Errorf("iptables list %s: %w", chain, err)
+	}
+	// The old rules, behind the new final REJECT, match nothing once the
+	// new ones are in; they are deleted from the end.
+	for i, r := range rules {
+		if err := n.ipt.Insert("filter", chain, i+1, r...); err != nil {
+			return fmt.Errorf("iptables %s %v: %w", chain, r, err)
+		}
+	}
+	for i := len(old) - 1; i >= 1; i-- { // old[0] is the -N line
+		if err := n.ipt.DeleteById("filter", chain, len(rules)+i); err != nil {
+			return fmt.Errorf("iptables trim %s: %w", chain, err)
+		}
+	}
+	return nil
+}
+
+// AllowServicePorts lets containers reach the balancer on these ports.
+func (n *network) allowServicePorts(ports []int) error { return n.writeFilter(ports) }
+
+func (n *network) runtimeConf(id, netns string, maps []portMapping) *libcni.RuntimeConf {
+	rc := &libcni.RuntimeConf{ContainerID: id, NetNS: netns, IfName: "eth0"}
+	if maps != nil {
+		rc.CapabilityArgs = map[string]any{"portMappings": maps}
+	}
+	return rc
+}
+
+// attach puts the network namespace of a created task (its init process
+// pid) on the bridge and maps its host ports; it returns the address.
+func (n *network) attach(ctx context.Context, id string, pid uint32, maps []portMapping) (netip.Addr, error) {
+	unlock := lockCNI()
+	defer unlock()
+	netns := fmt.Sprintf("/proc/%d/ns/net", pid)
+	// A leftover attachment of the same container (an earlier task of a
+	// restarted one) goes first: its address and rules are stale.
+	if _, err := n.cni.GetNetworkListCachedResult(n.list, n.runtimeConf(id, "", nil)); err == nil {
+		n.del(ctx, id, maps)
+	}
+	lo := &libcni.PluginConfig{Network: &types.PluginConf{CNIVersion: "1.0.0", Name: "lo", Type: "loopback"}, Bytes: []byte(`{"cniVersion":"1.0.0","name":"lo","type":"loopback"}`)}
+	if _, err := n.cni.AddNetwork(ctx, lo, &libcni.RuntimeConf{ContainerID: id, NetNS: netns, IfName: "lo"}); err != nil {
+		return netip.Addr{}, fmt.Errorf("loopback of %s: %w", id, err)
+	}
+	res, err := n.cni.AddNetworkList(ctx, n.list, n.runtimeConf(id, netns, maps))
+	if err != nil {
+		n.cni.DelNetworkList(context.WithoutCancel(ctx), n.list, n.runtimeConf(id, netns, maps))
+		return netip.Addr{}, fmt.Errorf("attach %s to %s: %w", id, n.list.Name, err)
+	}
+	r, err := types100.NewResultFromResult(res)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("attach %s: result: %w", id, err)
+	}
+	for _, ipc := range r.IPs {
+		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok && a.Unmap().Is4() {
+			return a.Unmap(), nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("attach %s: no IPv4 address in the CNI result", id)
+}
+
+// detach releases a container's address and rules (CNI DEL). The
+// namespace may be gone already (its process exited): DEL still works
+// from the cached configuration.
+func (n *network) detach(ctx context.Context, id string, maps []portMapping) error {
+	unlock := lockCNI()
+	defer unlock()
+	return n.del(ctx, id, maps)
+}
+
+// del runs CNI DEL with the cached configuration of the attachment, or,
+// without one, the mappings the container's labels say it had.
+func (n *network) del(ctx context.Context, id string, maps []portMapping) error {
+	rc := n.runtimeConf(id, "", maps)
+	if _, cached, err := n.cni.GetNetworkListCachedConfig(n.list, rc); err == nil && cached != nil {
+		rc = cached
+		rc.NetNS = "" // the process, and so its /proc path, may be another's now
+	}
+	if err := n.cni.DelNetworkList(ctx, n.list, rc); err != nil {
+		return fmt.Errorf("detach %s: %w", id, err)
+	}
+	return nil
+}
+
+// collect releases every attachment whose container is not in live: left
+// by containers removed while the agent was down, or by a crash.
+func (n *network) collect(ctx context.Context, live map[string]bool) {
+	atts, err := n.cni.GetCachedAttachments("")
+	if err != nil {
+		return
+	}
+	for _, a := range atts {
+		if a.Network != n.list.Name || live[a.ContainerID] {
+			continue
+		}
+		if err := n.detach(ctx, a.ContainerID, nil); err != nil {
+			n.log.Warn("reclaim network of a gone container", "container", a.ContainerID, "err", err)
+		} else {
+			n.log.Info("reclaimed network of a gone container", "container", a.ContainerID)
+		}
+	}
+}
+
+// remove deletes the bridge and every rule of this network; for a node
+// that is drained for good, and for tests.
+func (n *network) remove() error {
+	unlock := lockCNI()
+	defer unlock()
+	var errs []error
+	in, fwd := inputChain(n.cfg.Bridge), forwardChain(n.cfg.Bridge)
+	errs = append(errs, n.ipt.DeleteIfExists("filter", "INPUT", "-i", n.cfg.Bridge, "-j", in))
+	for _, dir := range []string{"-i", "-o"} {
+		errs = append(errs, n.ipt.DeleteIfExists("filter", "FORWARD", dir, n.cfg.Bridge, "-j", fwd))
+	}
+	for _, c := range []string{in, fwd} {
+		if ok, _ := n.ipt.ChainExists("filter", c); ok {
+			errs = append(errs, n.ipt.ClearAndDeleteChain("filter", c))
+		}
+	}
+	errs = append(errs, n.ipt.DeleteIfExists("nat", "POSTROUTING", masqRule(n.cfg.Bridge, n.subnet)...))
+	n.mu.Lock()
+	n.allowed = ""
+	n.mu.Unlock()
+	removePortmapChains(n.ipt)
+	if link, err := netlink.LinkByName(n.cfg.Bridge); err == nil {
+		errs = append(errs, netlink.LinkDel(link))
+	}
+	return errors.Join(errs...)
+}
+
+// removePortmapChains deletes the portmap plugin's shared chains when no
+// container uses them any more: the plugin never does.
+func removePortmapChains(ipt *iptables.IPTables) {
+	if dnat, _ := ipt.List("nat", "CNI-HOSTPORT-DNAT"); len(dnat) > 1 {
+		return // another network's containers still map ports
+	}
+	for _, chain := range []string{"PREROUTING", "OUTPUT", "POSTROUTING"} {
+		rules, _ := ipt.List("nat", chain)
+		for i := len(rules) - 1; i >= 1; i-- { // rules[0] is the policy
+			if strings.Contains(rules[i], "-j CNI-HOSTPORT-") {
+				ipt.DeleteById("nat", chain, i)
+			}
+		}
+	}
+	for _, c := range []string{"CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK"} {
+		if ok, _ := ipt.ChainExists("nat", c); ok {
+			ipt.ClearAndDeleteChain("nat", c)
+		}
+	}
+}
+
+// lockCNI serializes this machine's Shoal processes around CNI calls and
+// the clean-up of portmap's shared chains, so one agent (or test) never
+// deletes those chains while another's plugin is filling them.
+func lockCNI() (unlock func()) {
+	f, err := os.OpenFile("/run/shoal-cni.lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return func() {}
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return func() {}
+	}
+	return func() { f.Close() } // closing releases the lock
+}
