@@ -45,7 +45,46 @@ var requiredPlugins = []string{"bridge", "host-local", "portmap", "loopback"}
 // newNetwork checks the plugins, makes the bridge and the filter rules.
 // Every failure names its fix: the agent stops at start rather than run
 // containers it cannot reach.
-func newNetwork(ctx context.Context, cfg NetworkConfig, dataDir string, log *slog.Logger) (*network, error) {
+func newNetwork(_ context.Context, cfg NetworkConfig, dataDir string, log *slog.Logger) (*network, error) {
+	n, err := loadNetwork(cfg, dataDir, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.makeBridge(); err != nil {
+		return nil, err
+	}
+	// Containers on one bridge talk at layer 2; only with br_netfilter do
+	// those frames meet the filter rules (and a reply to a connection made
+	// through a host port get its addresses translated back).
+	if err := enableBridgeFilter(); err != nil {
+		return nil, err
+	}
+	if err := n.writeFilter(nil); err != nil {
+		return nil, err
+	}
+	if n.cfg.ConfDir == "" {
+		if err := n.ipt.AppendUnique("nat", "POSTROUTING", masqRule(n.cfg.Bridge, n.subnet)...); err != nil {
+			return nil, fmt.Errorf("iptables outbound NAT: %w", err)
+		}
+	}
+	return n, nil
+}
+
+// CleanNetwork releases every address and rule a node's container network
+// holds under dataDir (a runtime's DataDir), then deletes its bridge and
+// chains: for a fleet torn down with its containers removed directly.
+func CleanNetwork(ctx context.Context, cfg NetworkConfig, dataDir string) error {
+	n, err := loadNetwork(cfg, dataDir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	n.collect(ctx, nil)
+	return n.remove()
+}
+
+// loadNetwork reads the configuration and finds the plugins; it changes
+// nothing on the node.
+func loadNetwork(cfg NetworkConfig, dataDir string, log *slog.Logger) (*network, error) {
 	cfg = cfg.withDefaults()
 	subnet, gw, err := ParseSubnet(cfg.Subnet)
 	if err != nil {
@@ -77,25 +116,8 @@ func newNetwork(ctx context.Context, cfg NetworkConfig, dataDir string, log *slo
 		return nil, fmt.Errorf("CNI network configuration: %w", err)
 	}
 	n.cni = libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, filepath.Join(dataDir, "cni", "cache"), nil)
-	if err := n.makeBridge(); err != nil {
-		return nil, err
-	}
-	// Containers on one bridge talk at layer 2; only with br_netfilter do
-	// those frames meet the filter rules (and a reply to a connection made
-	// through a host port get its addresses translated back).
-	if err := enableBridgeFilter(); err != nil {
-		return nil, err
-	}
 	if n.ipt, err = iptables.New(); err != nil {
 		return nil, fmt.Errorf("iptables: %w (apt-get install iptables)", err)
-	}
-	if err := n.writeFilter(nil); err != nil {
-		return nil, err
-	}
-	if cfg.ConfDir == "" {
-		if err := n.ipt.AppendUnique("nat", "POSTROUTING", masqRule(cfg.Bridge, subnet)...); err != nil {
-			return nil, fmt.Errorf("iptables outbound NAT: %w", err)
-		}
 	}
 	return n, nil
 }

@@ -160,4 +160,3 @@ func TestContainersAreFencedOff(t *testing.T) {
 		}
 	}
 }
-
