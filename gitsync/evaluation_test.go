@@ -55,6 +55,9 @@ func diesOnRevision() {
 func childEval(cfg gitsync.Config) gitsync.Config {
 	cfg.EvalCommand = []string{os.Args[0], "-test.run=^$"}
 	cfg.EvalEnv = []string{"GITSYNC_TEST_ROLE=evaluator"}
+	if raceEnabled {
+		cfg.EvalMemory = 1 << 50
+	}
 	return cfg
 }
 
@@ -78,6 +81,9 @@ func doublingCUE() string {
 // stays in force, and after a restart the head is refused from disk,
 // without being evaluated again.
 func TestEvaluationBounded(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector's shadow memory cannot run under the evaluator's memory limit")
+	}
 	for name, spec := range map[string]string{"comprehension": bombCUE, "doubling": doublingCUE()} {
 		t.Run(name, func(t *testing.T) {
 			r := gittest.New(t)
