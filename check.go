@@ -40,15 +40,53 @@ func decodeStrict(v cue.Value, out any) error {
 	return nil
 }
 
+// Bounds on a replica's memory: below MinMemory a container cannot start,
+// and no size may stand for "unlimited".
+const (
+	MinMemory Bytes = 4 << 20
+	MaxMemory Bytes = 1 << 40
+)
+
+// ReservedPorts are the agent's own default ports, which every node
+// listens on: no service may claim them as its balancer port.
+var ReservedPorts = map[int]string{
+	53:   "container DNS",
+	7900: "the agent API",
+	7946: "gossip",
+	8600: "the agent's DNS server",
+}
+
+// Bounds over a whole spec tree, so that placement (whose cost grows with
+// services × replicas × nodes) stays small.
+const (
+	MaxDeclarations  = 1000
+	MaxTotalReplicas = 10000
+)
+
+// checkResources holds the bounds on sizes that CUE cannot compare.
+func checkResources(r Resources) []FieldError {
+	var errs []FieldError
+	switch {
+	case r.Memory < MinMemory:
+		errs = append(errs, FieldError{Path: "resources.memory", Message: fmt.Sprintf("memory %s is below the minimum %s", r.Memory, MinMemory)})
+	case r.Memory > MaxMemory:
+		errs = append(errs, FieldError{Path: "resources.memory", Message: fmt.Sprintf("memory %s is above the maximum %s", r.Memory, MaxMemory)})
+	}
+	return errs
+}
+
 // checkService holds the rules that span fields, which CUE expresses poorly.
 func checkService(s *Service) []FieldError {
-	var errs []FieldError
+	errs := checkResources(s.Resources)
 	add := func(p, format string, args ...any) {
 		errs = append(errs, FieldError{Path: p, Message: fmt.Sprintf(format, args...)})
 	}
 	names := map[string]bool{}
 	numbers := map[int]bool{}
 	for i, p := range s.Ports {
+		if what, ok := ReservedPorts[p.Port]; ok {
+			add(fmt.Sprintf("ports[%d].port", i), "port %d is reserved for %s", p.Port, what)
+		}
 		if names[p.Name] {
 			add(fmt.Sprintf("ports[%d].name", i), "duplicate port name %q: give each port its own name", p.Name)
 		}
@@ -97,12 +135,13 @@ func checkService(s *Service) []FieldError {
 }
 
 func checkJob(j *Job) []FieldError {
+	errs := checkResources(j.Resources)
 	if _, err := cronParser.Parse(j.Schedule); err != nil {
 		msg := err.Error()
 		if strings.HasPrefix(msg, "provided bad location") {
 			msg = "unknown time zone in " + msg
 		}
-		return []FieldError{{Path: "schedule", Message: fmt.Sprintf("invalid cron schedule %q: %s", j.Schedule, msg)}}
+		errs = append(errs, FieldError{Path: "schedule", Message: fmt.Sprintf("invalid cron schedule %q: %s", j.Schedule, msg)})
 	}
-	return nil
+	return errs
 }

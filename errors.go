@@ -66,7 +66,17 @@ var (
 	regexBoundRe   = regexp.MustCompile(`^invalid value (.*) \(out of bound =~"(.*)"\)$`)
 	yamlLineRe     = regexp.MustCompile(`^(.+?):(\d+):\s*(.*)$`)
 	incompleteRe   = regexp.MustCompile(`^(incomplete value|non-concrete value)`)
+	// A size bound of the schema: the message would repeat the whole
+	// oversized value.
+	sizeBoundRe = regexp.MustCompile(`(?s)^invalid value .* \(does not satisfy (list\.MaxItems|struct\.MaxFields|strings\.MaxRunes)\(([0-9]+)\)\)$`)
 )
+
+// sizeBoundWords says what each size bound of the schema counts.
+var sizeBoundWords = map[string]string{
+	"list.MaxItems":    "more than %s elements",
+	"struct.MaxFields": "more than %s entries",
+	"strings.MaxRunes": "longer than %s characters",
+}
 
 // patternNames turns the schema's regular expressions into words.
 var patternNames = map[string]string{
@@ -198,6 +208,9 @@ func reword(m string) string {
 		return "unknown field"
 	case incompleteRe.MatchString(m):
 		return "missing required field"
+	}
+	if r := sizeBoundRe.FindStringSubmatch(m); r != nil {
+		return "too large: " + fmt.Sprintf(sizeBoundWords[r[1]], r[2])
 	}
 	if r := regexBoundRe.FindStringSubmatch(m); r != nil {
 		if name, ok := patternNames[r[2]]; ok {

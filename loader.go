@@ -3,16 +3,19 @@ package shoal
 import (
 	_ "embed"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
+	"syscall"
 
 	"cuelang.org/go/cue"
+	"cuelang.org/go/cue/ast"
 	"cuelang.org/go/cue/cuecontext"
+	"cuelang.org/go/cue/parser"
 	"cuelang.org/go/cue/token"
 	cuejson "cuelang.org/go/encoding/json"
 	cueyaml "cuelang.org/go/encoding/yaml"
@@ -23,18 +26,44 @@ import (
 //go:embed specs.cue
 var SchemaCUE string
 
-// maxSpecFile bounds one spec file, so a stray blob cannot exhaust memory.
-const maxSpecFile = 4 << 20
+// Bounds on what is read and parsed, checked before anything is
+// evaluated: a spec tree must never be able to take an agent down.
+const (
+	// maxSpecFile bounds one spec file.
+	maxSpecFile = 1 << 20
+	// maxSpecTree bounds the spec files of a tree together.
+	maxSpecTree = 16 << 20
+	// maxSpecFiles bounds how many spec files a tree holds.
+	maxSpecFiles = 2000
+	// maxListElems bounds the elements of one list literal: the longest
+	// list in the schema holds 256.
+	maxListElems = 1024
+	// maxFileNodes bounds the syntax nodes of one file, and maxTreeNodes
+	// those of the whole tree: evaluation cost grows with them.
+	maxFileNodes = 50000
+	maxTreeNodes = 200000
+)
 
 // LoadDir loads and validates the spec tree in a directory of the local
 // file system. File names in errors and sources include dir.
+//
+// Only regular files are read, through an os.Root: a symbolic link that
+// leaves dir, a device file or a FIFO is an error (opened without
+// blocking), and sizes are bounded, so that a pull request cannot make a
+// CI runner read /dev/zero or print a file from outside the tree.
 func LoadDir(dir string) (*Spec, error) {
 	if st, err := os.Stat(dir); err != nil {
 		return nil, fmt.Errorf("load specs: %w", err)
 	} else if !st.IsDir() {
 		return nil, fmt.Errorf("load specs: %s is not a directory", dir)
 	}
-	return load(os.DirFS(dir), ".", func(p string) string { return filepath.Join(dir, filepath.FromSlash(p)) })
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("load specs: %w", err)
+	}
+	defer root.Close()
+	return load(root.FS(), ".", func(p string) string { return filepath.Join(dir, filepath.FromSlash(p)) },
+		func(p string) ([]byte, error) { return readRootFile(root, p) })
 }
 
 // LoadSpec loads and validates every .cue, .yaml, .yml and .json file under
@@ -45,10 +74,10 @@ func LoadDir(dir string) (*Spec, error) {
 // A spec with errors returns a *ValidationError listing every error found in
 // the tree, each with file, line, column and field path.
 func LoadSpec(fsys fs.FS, root string) (*Spec, error) {
-	return load(fsys, root, func(p string) string { return p })
+	return load(fsys, root, func(p string) string { return p }, func(p string) ([]byte, error) { return readLimited(fsys, p) })
 }
 
-func load(fsys fs.FS, root string, display func(string) string) (*Spec, error) {
+func load(fsys fs.FS, root string, display func(string) string, read func(string) ([]byte, error)) (*Spec, error) {
 	root = path.Clean(strings.TrimPrefix(root, "/"))
 	if root == "" {
 		root = "."
@@ -76,34 +105,94 @@ func load(fsys fs.FS, root string, display func(string) string) (*Spec, error) {
 		case ".cue", ".yaml", ".yml", ".json":
 			files = append(files, p)
 		}
+		if len(files) > maxSpecFiles {
+			return fmt.Errorf("more than %d spec files", maxSpecFiles)
+		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load specs under %s: %w", root, err)
 	}
 	sort.Strings(files) // WalkDir is lexical already; sorting states the contract
+	total := 0
 	for _, p := range files {
-		data, err := readLimited(fsys, p)
+		data, err := read(p)
 		if err != nil {
 			l.errs = append(l.errs, FieldError{File: display(p), Message: err.Error()})
 			continue
+		}
+		if total += len(data); total > maxSpecTree {
+			l.errs = append(l.errs, FieldError{File: display(p), Message: fmt.Sprintf("the spec files add up to more than the %d-byte limit for a tree", maxSpecTree)})
+			break
 		}
 		l.file(display(p), data)
 	}
 	return l.finish()
 }
 
+// readLimited reads a regular file of fsys, at most maxSpecFile bytes.
+// Symbolic links are followed as fsys follows them.
 func readLimited(fsys fs.FS, p string) ([]byte, error) {
 	st, err := fs.Stat(fsys, p)
 	if err != nil {
 		return nil, fmt.Errorf("read: %w", err)
 	}
-	if st.Size() > maxSpecFile {
-		return nil, fmt.Errorf("file is %d bytes, larger than the %d-byte limit for a spec file", st.Size(), maxSpecFile)
+	if err := checkSpecFile(st); err != nil {
+		return nil, err
 	}
-	data, err := fs.ReadFile(fsys, p)
+	f, err := fsys.Open(p)
 	if err != nil {
 		return nil, fmt.Errorf("read: %w", err)
+	}
+	defer f.Close()
+	return readBounded(f)
+}
+
+// readRootFile reads a regular file inside root. The open does not block
+// (a FIFO would), and the file is checked again once open, so that one
+// swapped in after the first look is still refused.
+func readRootFile(root *os.Root, p string) ([]byte, error) {
+	name := filepath.FromSlash(p)
+	st, err := root.Stat(name)
+	if err != nil {
+		return nil, fmt.Errorf("read: %w", err)
+	}
+	if err := checkSpecFile(st); err != nil {
+		return nil, err
+	}
+	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("read: %w", err)
+	}
+	defer f.Close()
+	if st, err = f.Stat(); err != nil {
+		return nil, fmt.Errorf("read: %w", err)
+	}
+	if err := checkSpecFile(st); err != nil {
+		return nil, err
+	}
+	return readBounded(f)
+}
+
+func checkSpecFile(st fs.FileInfo) error {
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("not a regular file (%s): a spec file must be one", st.Mode().Type())
+	}
+	if st.Size() > maxSpecFile {
+		return fmt.Errorf("file is %d bytes, larger than the %d-byte limit for a spec file", st.Size(), maxSpecFile)
+	}
+	return nil
+}
+
+// readBounded reads r to the end, refusing more than maxSpecFile bytes
+// whatever its size said.
+func readBounded(r io.Reader) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, maxSpecFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("read: %w", err)
+	}
+	if len(data) > maxSpecFile {
+		return nil, fmt.Errorf("file is larger than the %d-byte limit for a spec file", maxSpecFile)
 	}
 	return data, nil
 }
@@ -117,6 +206,8 @@ type loader struct {
 	jobs     []Job
 	errs     []FieldError
 	seen     map[string]FieldError // name → where first declared
+	nodes    int                   // syntax nodes read so far (see budget)
+	replicas int                   // replicas declared so far, at their maximum
 	// hostPorts are the ports host-networked processes bind on the node
 	// itself, checked in finish against every service's balancer port.
 	hostPorts []hostPort
@@ -152,7 +243,11 @@ func (l *loader) file(name string, data []byte) {
 			l.errs = append(l.errs, FieldError{File: name, Message: fmt.Sprintf("cannot evaluate file: %v", r)})
 		}
 	}()
-	v, err := l.parse(name, data)
+	v, over, err := l.parse(name, data)
+	if over != nil {
+		l.errs = append(l.errs, *over)
+		return
+	}
 	if err != nil {
 		l.errs = append(l.errs, convertErrors(err, name, cue.Value{}, "")...)
 		return
@@ -202,23 +297,72 @@ func isEmptyStruct(v cue.Value) bool {
 	return err == nil && !it.Next()
 }
 
-func (l *loader) parse(name string, data []byte) (cue.Value, error) {
+// parse reads one file into a CUE value. The syntax is measured before
+// it is evaluated (see budget); a file over budget is not evaluated.
+func (l *loader) parse(name string, data []byte) (cue.Value, *FieldError, error) {
+	var syntax ast.Node
 	switch path.Ext(name) {
 	case ".yaml", ".yml":
 		f, err := cueyaml.Extract(name, data)
 		if err != nil {
-			return cue.Value{}, err
+			return cue.Value{}, nil, err
 		}
-		return l.ctx.BuildFile(f), nil
+		syntax = f
 	case ".json":
 		expr, err := cuejson.Extract(name, data)
 		if err != nil {
-			return cue.Value{}, err
+			return cue.Value{}, nil, err
 		}
-		return l.ctx.BuildExpr(expr), nil
+		syntax = expr
 	default:
-		return l.ctx.CompileBytes(data, cue.Filename(name)), nil
+		f, err := parser.ParseFile(name, data)
+		if err != nil {
+			return cue.Value{}, nil, err
+		}
+		syntax = f
 	}
+	if fe := l.budget(name, syntax); fe != nil {
+		return cue.Value{}, fe, nil
+	}
+	switch n := syntax.(type) {
+	case *ast.File:
+		return l.ctx.BuildFile(n), nil, nil
+	default:
+		return l.ctx.BuildExpr(n.(ast.Expr)), nil, nil
+	}
+}
+
+// budget refuses a file whose syntax is too large to evaluate cheaply: a
+// list literal longer than any list the schema accepts, or more syntax
+// nodes than a spec file needs. CUE's evaluation time grows faster than
+// the input (100,000 args took 20 s), so the check is made on the syntax,
+// before anything is evaluated. Comprehensions and references, whose
+// expansion the syntax does not show, are bounded by evaluating in a
+// child process with limits (see gitsync).
+func (l *loader) budget(file string, syntax ast.Node) *FieldError {
+	var fe *FieldError
+	nodes := 0
+	ast.Walk(syntax, func(n ast.Node) bool {
+		if fe != nil {
+			return false
+		}
+		nodes++
+		l.nodes++
+		switch {
+		case nodes > maxFileNodes:
+			e := errAt(file, n.Pos(), "", fmt.Sprintf("file has more than %d syntax elements, the limit for a spec file", maxFileNodes))
+			fe = &e
+		case l.nodes > maxTreeNodes:
+			e := errAt(file, n.Pos(), "", fmt.Sprintf("the spec tree has more than %d syntax elements, the limit for a tree", maxTreeNodes))
+			fe = &e
+		}
+		if list, ok := n.(*ast.ListLit); ok && fe == nil && len(list.Elts) > maxListElems {
+			e := errAt(file, list.Pos(), "", fmt.Sprintf("list of %d elements, more than the limit of %d", len(list.Elts), maxListElems))
+			fe = &e
+		}
+		return fe == nil
+	}, nil)
+	return fe
 }
 
 // decl validates one declaration: a service, or a job when it has a schedule.
@@ -235,6 +379,19 @@ func (l *loader) decl(file string, v cue.Value, prefix string) {
 	u := def.Unify(v)
 	if err := u.Validate(cue.Concrete(true)); err != nil {
 		l.errs = append(l.errs, convertErrors(err, file, v, prefix)...)
+		return
+	}
+	// A size that does not parse (one too large for 64 bits) is reported
+	// here, with its field, rather than by the decoder, which knows none.
+	if m := u.LookupPath(cue.ParsePath("resources.memory")); m.Kind() == cue.StringKind {
+		ms, _ := m.String()
+		if _, err := ParseBytes(ms); err != nil {
+			l.errs = append(l.errs, errAt(file, posOf(v, "resources.memory"), joinPath(prefix, "resources.memory"), err.Error()))
+			return
+		}
+	}
+	if len(l.services)+len(l.jobs) >= MaxDeclarations {
+		l.errs = append(l.errs, errAt(file, v.Pos(), prefix, fmt.Sprintf("more than %d services and jobs in the tree", MaxDeclarations)))
 		return
 	}
 	src := Source{File: file, Line: v.Pos().Line()}
@@ -269,6 +426,13 @@ func (l *loader) decl(file string, v cue.Value, prefix string) {
 				}
 			}
 		}
+		most := s.Replicas
+		if s.Scale != nil {
+			most = max(most, s.Scale.Max)
+		}
+		if l.replicas += most; l.replicas > MaxTotalReplicas {
+			errs = append(errs, FieldError{Path: "replicas", Message: fmt.Sprintf("the services declared so far add up to %d replicas, more than the limit of %d for a spec", l.replicas, MaxTotalReplicas)})
+		}
 		if len(errs) == 0 {
 			l.services = append(l.services, s)
 		}
@@ -297,8 +461,8 @@ func (l *loader) finish() (*Spec, error) {
 		if svc, ok := balancer[hp.port]; ok {
 			e.Message = fmt.Sprintf("host port %d is where the balancer serves service %q on every node: choose another target", hp.port, svc)
 			l.errs = append(l.errs, e)
-		} else if slices.Contains(AgentPorts, hp.port) {
-			e.Message = fmt.Sprintf("host port %d is one of the agent's own ports %v: choose another target", hp.port, AgentPorts)
+		} else if what, ok := ReservedPorts[hp.port]; ok {
+			e.Message = fmt.Sprintf("host port %d is reserved for %s: choose another target", hp.port, what)
 			l.errs = append(l.errs, e)
 		}
 	}

@@ -190,10 +190,28 @@ func TestParseBytes(t *testing.T) {
 		{"-1Gi", 0, true},
 		{"1e3", 0, true},
 		{"12Xi", 0, true},
+		// Overflow is an error, never a negative or wrapped number.
+		{"8388608Ti", 0, true},
+		{"8388607Ti", 8388607 << 40, false},
+		{"9223372036854775807", 9223372036854775807, false},
+		{"9223372036854775808", 0, true},
+		{"99999999999999999999999T", 0, true},
+		{"0.5", 0, false},
+		{"inf", 0, true},
+		{"NaN", 0, true},
+		{"0x10", 0, true},
+		{"1_000", 0, true},
+		{"1.", 0, true},
 	} {
 		got, err := shoal.ParseBytes(tc.in)
 		if (err != nil) != tc.err || got != tc.want {
 			t.Errorf("ParseBytes(%q) = %d, %v; want %d, err=%v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+	for _, in := range []string{"9223372036854775808", "1e19", "1e300"} {
+		var b shoal.Bytes
+		if err := b.UnmarshalJSON([]byte(in)); err == nil {
+			t.Errorf("UnmarshalJSON(%s) = %d, want an error", in, b)
 		}
 	}
 	if s := shoal.Bytes(3 << 29).String(); s != "1536Mi" {
@@ -226,7 +244,7 @@ func TestRecordsFor(t *testing.T) {
 		{Slot: shoal.Slot{Service: "web", Index: 1}, State: shoal.StateHealthy, Revision: "r1", Ports: map[string]int{"http": 20001, "admin": 20002},
 			IP: "10.89.0.5", Targets: map[string]int{"http": 80, "admin": 9000}},
 		{Slot: shoal.Slot{Service: "web", Index: 0}, State: shoal.StateStarting, Revision: "r1", Ports: map[string]int{"http": 20000}}, // host network
-		{Slot: shoal.Slot{Service: "job", Index: 0}, State: shoal.StateHealthy}, // no ports: no record
+		{Slot: shoal.Slot{Service: "job", Index: 0}, State: shoal.StateHealthy},                                                        // no ports: no record
 	}
 	got := shoal.RecordsFor("n1", "10.0.0.1", ins)
 	want := []shoal.Record{

@@ -5,7 +5,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
+	"math/big"
 	"net"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -144,10 +147,6 @@ func (p Port) ContainerPort() int {
 	}
 	return p.Port
 }
-
-// AgentPorts are the ports an agent itself binds by default (container
-// DNS, its API, gossip, its DNS): no service may take them on a node.
-var AgentPorts = []int{53, 7900, 7946, 8600}
 
 // Network modes of a service.
 const (
@@ -367,9 +366,27 @@ var byteUnits = []struct {
 	{"k", 1e3}, {"K", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12},
 }
 
+// sizeNumberRe is the number part of a size: digits with an optional
+// decimal fraction, nothing else (no sign, exponent, hex, Inf or NaN).
+var sizeNumberRe = regexp.MustCompile(`^[0-9]+(\.[0-9]+)?$`)
+
+// maxSizeText bounds the text of a size, so that parsing it is cheap.
+const maxSizeText = 64
+
 // ParseBytes reads "256Mi", "1Gi", "1.5Gi", "500M" or a plain byte count.
+// A fraction of a byte is dropped. A size that does not fit in an int64 is
+// an error, never a wrapped-around number.
 func ParseBytes(s string) (Bytes, error) {
 	s = strings.TrimSpace(s)
+	bad := func(why string) (Bytes, error) {
+		if len(s) > maxSizeText {
+			s = s[:maxSizeText] + "..."
+		}
+		return 0, fmt.Errorf("invalid size %q: %s", s, why)
+	}
+	if len(s) > maxSizeText {
+		return bad(fmt.Sprintf("longer than %d characters", maxSizeText))
+	}
 	mult := int64(1)
 	num := s
 	for _, u := range byteUnits {
@@ -378,11 +395,19 @@ func ParseBytes(s string) (Bytes, error) {
 			break
 		}
 	}
-	f, err := strconv.ParseFloat(num, 64)
-	if err != nil || f < 0 || num == "" || strings.ContainsAny(num, "eE+") {
-		return 0, fmt.Errorf("invalid size %q: want a number with an optional suffix Ki, Mi, Gi, Ti, k, M, G or T", s)
+	if !sizeNumberRe.MatchString(num) {
+		return bad("want a number with an optional suffix Ki, Mi, Gi, Ti, k, M, G or T")
 	}
-	return Bytes(f * float64(mult)), nil
+	r, ok := new(big.Rat).SetString(num)
+	if !ok {
+		return bad("want a number with an optional suffix Ki, Mi, Gi, Ti, k, M, G or T")
+	}
+	r.Mul(r, new(big.Rat).SetInt64(mult))
+	n := new(big.Int).Quo(r.Num(), r.Denom()) // exact, rounded down
+	if !n.IsInt64() {
+		return bad("too large")
+	}
+	return Bytes(n.Int64()), nil
 }
 
 // String formats b with the largest binary suffix that divides it.
@@ -421,6 +446,9 @@ func (b *Bytes) UnmarshalJSON(data []byte) error {
 	}
 	if n < 0 {
 		return fmt.Errorf("invalid size %s: negative", data)
+	}
+	if n >= math.MaxInt64 { // float64(MaxInt64) rounds up to 2^63
+		return fmt.Errorf("invalid size %s: too large", data)
 	}
 	*b = Bytes(n)
 	return nil

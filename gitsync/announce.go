@@ -12,6 +12,11 @@ import (
 // is already here, the syncer fetches until it is present, at most
 // Config.AnnounceAttempts times with backoff. It does not block; a malformed
 // hash is ignored.
+//
+// Announcements come from any peer that holds the gossip key, so they are
+// rate-limited: they start at most one fetch per Config.AnnounceInterval,
+// and one fetch serves every commit awaited. A storm of random commits
+// costs each node one fetch per interval, no more.
 func (s *Syncer) Announce(commit string) {
 	commit = strings.ToLower(strings.TrimSpace(commit))
 	if len(commit) != 40 || !isHex(commit) {
@@ -28,7 +33,25 @@ func (s *Syncer) Announce(commit string) {
 		s.announced[h] = 0
 	}
 	s.mu.Unlock()
-	s.Trigger()
+	// Run fetches at once, or when the interval since the last round ends.
+	select {
+	case s.announceKick <- struct{}{}:
+	default:
+	}
+}
+
+// announceWait is how long until an announcement may start a fetch.
+func (s *Syncer) announceWait(now time.Time) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.announceWaitLocked(now)
+}
+
+func (s *Syncer) announceWaitLocked(now time.Time) time.Duration {
+	if s.lastRound.IsZero() {
+		return 0
+	}
+	return max(s.lastRound.Add(s.cfg.AnnounceInterval).Sub(now), 0)
 }
 
 func isHex(s string) bool {

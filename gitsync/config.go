@@ -24,6 +24,13 @@ const (
 	// DefaultAnnounceAttempts bounds the fetches made for one announced
 	// commit that does not show up on the remote.
 	DefaultAnnounceAttempts = 6
+	// DefaultAnnounceInterval is the least time between two fetches that
+	// announcements start.
+	DefaultAnnounceInterval = 5 * time.Second
+	// DefaultEvalTimeout and DefaultEvalMemory bound the evaluation of one
+	// head in the child process.
+	DefaultEvalTimeout = 30 * time.Second
+	DefaultEvalMemory  = 1 << 30
 )
 
 // Config says which repository to follow and how to trust it.
@@ -54,6 +61,25 @@ type Config struct {
 	// AnnounceAttempts bounds the fetches made for one announced commit
 	// that is not on the remote yet; default 6, with backoff between them.
 	AnnounceAttempts int
+	// AnnounceInterval is the least time between fetches started by
+	// announcements (default 5 s): peers announcing random commits cannot
+	// make a node fetch more often than that. Announcements that arrive
+	// meanwhile are served by the next fetch.
+	AnnounceInterval time.Duration
+
+	// EvalCommand, when set, is the command line of a child process that
+	// evaluates each new head: it must call ServeEvaluation with its
+	// standard input and output (the shoal binary's hidden subcommand
+	// does). The child runs with EvalMemory of address space (default
+	// 1 GiB) and is killed after EvalTimeout (default 30 s); a head whose
+	// evaluation does not finish is refused, and remembered as refused
+	// across restarts. Empty means evaluating in this process, with no
+	// bound on time or memory beyond shoal.LoadSpec's size checks.
+	EvalCommand []string
+	// EvalEnv is added to the child's environment.
+	EvalEnv     []string
+	EvalTimeout time.Duration
+	EvalMemory  int64
 
 	// TrustedPGPKeyring is an armored OpenPGP public keyring. When it or
 	// AllowedSigners is set, a head commit that is not signed by one of
@@ -63,9 +89,13 @@ type Config struct {
 	// (git's gpg.ssh.allowedSignersFile format).
 	AllowedSigners string
 	// RefuseNonFastForward refuses a new head that does not descend from
-	// the current revision (a force-push). By default such a head is
-	// followed and a warning is logged.
+	// the current revision (a force-push). Without a signature policy such
+	// a head is followed by default, with a warning. With one (trusted keys
+	// configured) it is refused by default, since an older signed commit
+	// pushed over a newer one would otherwise roll the fleet back; set
+	// AllowNonFastForward to follow it anyway.
 	RefuseNonFastForward bool
+	AllowNonFastForward  bool
 
 	// Logger receives progress and errors; default slog.Default().
 	Logger *slog.Logger
@@ -128,6 +158,18 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if cfg.AnnounceAttempts <= 0 {
 		cfg.AnnounceAttempts = DefaultAnnounceAttempts
+	}
+	if cfg.AnnounceInterval <= 0 {
+		cfg.AnnounceInterval = DefaultAnnounceInterval
+	}
+	if cfg.EvalTimeout <= 0 {
+		cfg.EvalTimeout = DefaultEvalTimeout
+	}
+	if cfg.EvalMemory <= 0 {
+		cfg.EvalMemory = DefaultEvalMemory
+	}
+	if cfg.RefuseNonFastForward && cfg.AllowNonFastForward {
+		return cfg, errors.New("gitsync: config: RefuseNonFastForward and AllowNonFastForward are both set")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

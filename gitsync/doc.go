@@ -20,15 +20,20 @@
 //     anything unsigned or mis-signed with 401;
 //   - Announce(commit) is for a commit heard from a peer: the syncer
 //     fetches until it is present, a bounded number of times with backoff,
-//     so one node that notices a push wakes the whole fleet.
+//     so one node that notices a push wakes the whole fleet. Announcements
+//     start at most one fetch per Config.AnnounceInterval (default 5 s).
 //
 // For each new head the syncer checks its history (a head that does not
-// descend from the revision in force is a force-push: followed with a
-// warning by default, refused with Config.RefuseNonFastForward), checks its
+// descend from the revision in force is a force-push: refused by default
+// when trusted keys are configured, otherwise followed with a warning;
+// Config.RefuseNonFastForward and AllowNonFastForward override), checks its
 // signature against the trusted keys, reads the spec tree straight from Git
-// objects through TreeFS, and validates it with shoal.LoadSpec. A head that
-// passes becomes the revision in force: it is saved atomically, then
-// emitted. A head that fails, like a remote that cannot be reached, leaves
+// objects through TreeFS, and validates it with shoal.LoadSpec — in a child
+// process with memory, CPU and time limits when Config.EvalCommand is set.
+// A head under trial is named in DataDir/pending.json; a head whose
+// evaluation did not finish, or that the process died on, is added to
+// DataDir/refused.json and never tried again. A head that passes becomes
+// the revision in force: it is emitted, then saved atomically. A head that fails, like a remote that cannot be reached, leaves
 // the last good revision in force and is recorded in Status (what failed,
 // which commit, since when, and the spec's field errors); fetch failures are
 // retried with exponential backoff. A clone found damaged is removed and

@@ -1,9 +1,9 @@
 package gitsync
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"strings"
 	"time"
 
@@ -14,8 +14,8 @@ import (
 )
 
 // evaluate judges head: history, signature, spec. A good head becomes the
-// revision in force, is saved and emitted; a bad one is recorded.
-func (s *Syncer) evaluate(head plumbing.Hash) error {
+// revision in force, is emitted and then saved; a bad one is recorded.
+func (s *Syncer) evaluate(ctx context.Context, head plumbing.Hash) error {
 	hs := head.String()
 	c, err := s.repo.CommitObject(head)
 	if err != nil {
@@ -28,7 +28,7 @@ func (s *Syncer) evaluate(head plumbing.Hash) error {
 			return s.fail(ErrorRead, hs, err, nil)
 		}
 		if !ok {
-			if s.cfg.RefuseNonFastForward {
+			if s.refuseNonFastForward() {
 				s.evaluated = head
 				return s.fail(ErrorHistory, hs, fmt.Errorf("head does not descend from the current revision %s (force-push refused)", cur.Short()), nil)
 			}
@@ -41,31 +41,51 @@ func (s *Syncer) evaluate(head plumbing.Hash) error {
 		s.evaluated = head
 		return s.fail(ErrorVerify, hs, err, nil)
 	}
-	tree, err := c.Tree()
-	if err != nil {
-		return s.fail(ErrorRead, hs, fmt.Errorf("read tree: %w", err), nil)
+	// From here on the head is under trial: should this process die
+	// evaluating or applying it, the next one refuses it (restoreRefused).
+	if err := savePending(s.cfg.DataDir, pendingState{Commit: hs, Started: s.cfg.Now()}); err != nil {
+		s.log.Error("cannot record the head under trial", "commit", short(hs), "err", err)
 	}
 	loadStart := time.Now()
-	tfs := newTreeFS(tree, c.Committer.When)
-	spec, err := shoal.LoadSpec(tfs, s.cfg.Path)
+	resp, err := s.loadSpec(ctx, c)
 	loadTook := time.Since(loadStart)
-	if serr := tfs.storeError(); serr != nil {
+	if err != nil {
+		s.clearPending()
+		var crash *evalCrash
+		switch {
+		case ctx.Err() != nil:
+			return err
+		case errors.As(err, &crash):
+			s.evaluated = head
+			s.refused[head] = refusedHead{Commit: hs, Message: crash.msg, At: s.cfg.Now()}
+			if err := addRefused(s.cfg.DataDir, s.refused[head]); err != nil {
+				s.log.Error("cannot remember a refused head", "commit", short(hs), "err", err)
+			}
+			return s.fail(ErrorEvaluate, hs, err, nil)
+		}
+		// The evaluator could not be run: not the head's fault, so it is
+		// tried again next round.
+		return s.fail(ErrorEvaluate, hs, err, nil)
+	}
+	switch {
+	case resp.StoreErr != "":
 		// Objects the tree names could not be read: the clone is damaged,
 		// whatever the loader made of it.
-		return s.fail(ErrorRead, hs, fmt.Errorf("read spec tree: %w", serr), nil)
+		s.clearPending()
+		return s.fail(ErrorRead, hs, fmt.Errorf("read spec tree: %s", resp.StoreErr), nil)
+	case resp.Invalid != nil:
+		s.clearPending()
+		s.evaluated = head
+		return s.fail(ErrorValidate, hs, resp.Invalid, resp.Invalid.Errors)
+	case resp.NotExist != "":
+		s.clearPending()
+		s.evaluated = head
+		return s.fail(ErrorValidate, hs, fmt.Errorf("spec path %q: %s", s.cfg.Path, resp.NotExist), nil)
+	case resp.Err != "" || resp.Spec == nil:
+		s.clearPending()
+		return s.fail(ErrorRead, hs, fmt.Errorf("load spec: %s", resp.Err), nil)
 	}
-	if err != nil {
-		var ve *shoal.ValidationError
-		switch {
-		case errors.As(err, &ve):
-			s.evaluated = head
-			return s.fail(ErrorValidate, hs, err, ve.Errors)
-		case errors.Is(err, fs.ErrNotExist):
-			s.evaluated = head
-			return s.fail(ErrorValidate, hs, fmt.Errorf("spec path %q: %w", s.cfg.Path, err), nil)
-		}
-		return s.fail(ErrorRead, hs, err, nil)
-	}
+	spec := resp.Spec
 	rev := &shoal.Revision{
 		Commit:   hs,
 		Time:     c.Committer.When,
@@ -78,6 +98,38 @@ func (s *Syncer) evaluate(head plumbing.Hash) error {
 	s.evaluated = head
 	s.accept(rev, loadTook)
 	return nil
+}
+
+// refuseNonFastForward says whether a head that does not descend from the
+// revision in force is refused: by default under a signature policy, since
+// anyone who can push could otherwise roll the fleet back to an older
+// signed commit.
+func (s *Syncer) refuseNonFastForward() bool {
+	if s.cfg.RefuseNonFastForward {
+		return true
+	}
+	return s.policy.enabled() && !s.cfg.AllowNonFastForward
+}
+
+// loadSpec evaluates the spec tree of c, in a child process when
+// Config.EvalCommand is set, in this one otherwise.
+func (s *Syncer) loadSpec(ctx context.Context, c *object.Commit) (evalResponse, error) {
+	if len(s.cfg.EvalCommand) > 0 {
+		return s.evaluateInChild(ctx, c.Hash.String())
+	}
+	tree, err := c.Tree()
+	if err != nil {
+		return evalResponse{StoreErr: fmt.Sprintf("read tree: %v", err)}, nil
+	}
+	tfs := newTreeFS(tree, c.Committer.When)
+	spec, err := shoal.LoadSpec(tfs, s.cfg.Path)
+	return specResponse(spec, err, tfs.storeError()), nil
+}
+
+func (s *Syncer) clearPending() {
+	if err := clearPending(s.cfg.DataDir); err != nil {
+		s.log.Error("cannot clear the head under trial", "err", err)
+	}
 }
 
 // descends reports whether the commit named ancestor is reachable from c.
@@ -103,15 +155,11 @@ func (s *Syncer) descends(c *object.Commit, ancestor string) (bool, error) {
 	return ok, nil
 }
 
-// accept makes rev the revision in force, saves it and emits it.
+// accept makes rev the revision in force, emits it, and only then saves
+// it as the last good revision and ends its trial: a revision that brings
+// the process down while it is handed over is refused at the next start
+// rather than restored into a crash loop.
 func (s *Syncer) accept(rev *shoal.Revision, loadTook time.Duration) {
-	err := saveState(s.cfg.DataDir, &savedState{
-		Version: stateVersion, URL: s.cfg.URL, Branch: s.cfg.Branch, Path: s.cfg.Path,
-		SavedAt: s.cfg.Now(), Revision: rev,
-	})
-	if err != nil {
-		s.log.Error("cannot save the last good revision", "err", err)
-	}
 	s.mu.Lock()
 	prev := s.current
 	s.current = rev
@@ -133,6 +181,14 @@ func (s *Syncer) accept(rev *shoal.Revision, loadTook time.Duration) {
 	if s.cfg.OnRevision != nil {
 		s.cfg.OnRevision(rev)
 	}
+	err := saveState(s.cfg.DataDir, &savedState{
+		Version: stateVersion, URL: s.cfg.URL, Branch: s.cfg.Branch, Path: s.cfg.Path,
+		SavedAt: s.cfg.Now(), Revision: rev,
+	})
+	if err != nil {
+		s.log.Error("cannot save the last good revision", "err", err)
+	}
+	s.clearPending()
 }
 
 // fail records err and returns it as a *SyncError. Repeats of the same

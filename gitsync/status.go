@@ -44,6 +44,10 @@ const (
 	ErrorValidate = "validate" // the head's spec is invalid
 	ErrorHistory  = "history"  // the head does not descend from the current revision
 	ErrorRead     = "read"     // the local clone is damaged; it is re-cloned
+	// ErrorEvaluate: evaluating the head did not finish (too slow, out of
+	// memory, crashed), here or in a process that died on it. The head
+	// is refused for good, across restarts.
+	ErrorEvaluate = "evaluate"
 )
 
 // SyncError records why the newest head is not in force.

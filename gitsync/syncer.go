@@ -43,10 +43,13 @@ type Syncer struct {
 	fetchURL string                 // what go-git is given; see transportURL
 	ref      plumbing.ReferenceName // where the fetched branch head is kept
 
-	trigger   chan struct{}
-	baseCtx   context.Context
-	baseStop  context.CancelFunc
-	closeOnce sync.Once
+	trigger chan struct{}
+	// announceKick wakes Run for an announcement, which fetches only
+	// once AnnounceInterval has passed since the last round.
+	announceKick chan struct{}
+	baseCtx      context.Context
+	baseStop     context.CancelFunc
+	closeOnce    sync.Once
 
 	runMu   sync.Mutex
 	running bool
@@ -54,11 +57,12 @@ type Syncer struct {
 
 	// Owned by the Run goroutine.
 	repo          *git.Repository
-	store         *filesystem.Storage // repo's storage, closed with closeRepo
-	freshClone    bool                // repo was created empty by this process
-	evaluated     plumbing.Hash       // last head judged, good or refused for good
-	fetchFailures int                 // in a row
-	fetchOnly     int                 // failed fetches in a row while the remote answered
+	store         *filesystem.Storage           // repo's storage, closed with closeRepo
+	freshClone    bool                          // repo was created empty by this process
+	evaluated     plumbing.Hash                 // last head judged, good or refused for good
+	fetchFailures int                           // in a row
+	fetchOnly     int                           // failed fetches in a row while the remote answered
+	refused       map[plumbing.Hash]refusedHead // heads whose evaluation did not finish
 
 	mu        sync.Mutex
 	current   *shoal.Revision
@@ -66,6 +70,7 @@ type Syncer struct {
 	fetchErr  *SyncError // the remote could not be reached or read
 	headErr   *SyncError // the newest head was refused
 	announced map[plumbing.Hash]int
+	lastRound time.Time // when the last fetch round started (Config.Now)
 }
 
 // New checks cfg and makes a Syncer. It does no I/O.
@@ -88,17 +93,19 @@ func New(cfg Config) (*Syncer, error) {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	s := &Syncer{
-		fetchURL:  fetchURL,
-		cfg:       c,
-		log:       c.Logger.With("component", "gitsync"),
-		policy:    pol,
-		auth:      auth,
-		repoDir:   filepath.Join(c.DataDir, repoDirName),
-		ref:       plumbing.NewRemoteReferenceName(git.DefaultRemoteName, c.Branch),
-		trigger:   make(chan struct{}, 1),
-		baseCtx:   ctx,
-		baseStop:  stop,
-		announced: make(map[plumbing.Hash]int),
+		fetchURL:     fetchURL,
+		cfg:          c,
+		log:          c.Logger.With("component", "gitsync"),
+		policy:       pol,
+		auth:         auth,
+		repoDir:      filepath.Join(c.DataDir, repoDirName),
+		ref:          plumbing.NewRemoteReferenceName(git.DefaultRemoteName, c.Branch),
+		trigger:      make(chan struct{}, 1),
+		announceKick: make(chan struct{}, 1),
+		baseCtx:      ctx,
+		baseStop:     stop,
+		announced:    make(map[plumbing.Hash]int),
+		refused:      make(map[plumbing.Hash]refusedHead),
 	}
 	s.status = Status{URL: redactURL(c.URL), Branch: c.Branch, Path: c.Path, VerifyRequired: pol.enabled()}
 	return s, nil
@@ -141,14 +148,36 @@ func (s *Syncer) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		t := time.NewTimer(delay)
+		if !s.wait(ctx, delay) {
+			return nil
+		}
+	}
+}
+
+// wait sleeps until delay passes, a trigger comes, or an announcement
+// comes once the announce interval since the last round has passed. It
+// reports false when ctx ends.
+func (s *Syncer) wait(ctx context.Context, delay time.Duration) bool {
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	due := time.Now().Add(delay)
+	for {
 		select {
 		case <-ctx.Done():
-			t.Stop()
-			return nil
+			return false
 		case <-s.trigger:
-			t.Stop()
+			return true
 		case <-t.C:
+			return true
+		case <-s.announceKick:
+			w := s.announceWait(s.cfg.Now())
+			if w == 0 {
+				return true
+			}
+			if at := time.Now().Add(w); at.Before(due) {
+				due = at
+				t.Reset(w)
+			}
 		}
 	}
 }
@@ -199,8 +228,11 @@ func (s *Syncer) Trigger() {
 	}
 }
 
-// restore loads the last good revision saved on disk and emits it.
+// restore loads the last good revision saved on disk and emits it. A head
+// left under trial by the previous process is refused first: that process
+// died evaluating or applying it.
 func (s *Syncer) restore() {
+	s.restoreRefused()
 	st, err := loadState(s.cfg.DataDir)
 	if err != nil {
 		s.log.Error("cannot restore the last good revision", "err", err)
@@ -233,6 +265,38 @@ func (s *Syncer) restore() {
 	}
 }
 
+// restoreRefused loads the refused heads, adding the one the previous
+// process died on, if any.
+func (s *Syncer) restoreRefused() {
+	dir := s.cfg.DataDir
+	p, err := loadPending(dir)
+	if err != nil {
+		s.log.Error("cannot read the head under trial", "err", err)
+	}
+	if p != nil {
+		msg := fmt.Sprintf("the agent stopped while evaluating or applying this commit (started %s): "+
+			"refused so that it cannot stop the agent again; push a new commit", p.Started.Format(time.RFC3339))
+		if st, _ := loadState(dir); st != nil && st.Revision.Commit == p.Commit {
+			p = nil // saved as good before the stop
+		} else if err := addRefused(dir, refusedHead{Commit: p.Commit, Message: msg, At: s.cfg.Now()}); err != nil {
+			s.log.Error("cannot remember a refused head", "commit", short(p.Commit), "err", err)
+		}
+		if p != nil {
+			s.log.Error("refusing the head the previous run stopped on", "commit", short(p.Commit))
+		}
+		if err := clearPending(dir); err != nil {
+			s.log.Error("cannot clear the head under trial", "err", err)
+		}
+	}
+	heads, err := loadRefused(dir)
+	if err != nil {
+		s.log.Error("cannot read the refused heads", "err", err)
+	}
+	for _, h := range heads {
+		s.refused[plumbing.NewHash(h.Commit)] = h
+	}
+}
+
 // reverify holds a saved revision to the current signature policy: the
 // commit is verified again when the clone has it; otherwise the revision
 // must have been verified when it was saved.
@@ -262,6 +326,7 @@ func (s *Syncer) syncOnce(ctx context.Context) time.Duration {
 	now := s.cfg.Now()
 	s.mu.Lock()
 	s.status.LastAttempt = now
+	s.lastRound = now
 	// Announcements that this round's fetch serves; later ones wait for
 	// the next round, which their trigger starts at once.
 	round := make(map[plumbing.Hash]bool, len(s.announced))
@@ -309,8 +374,12 @@ func (s *Syncer) syncOnce(ctx context.Context) time.Duration {
 		s.headErr = nil
 		s.mu.Unlock()
 	}
+	if r, ok := s.refused[head]; ok && head != s.evaluated {
+		s.evaluated = head
+		s.fail(ErrorEvaluate, r.Commit, errors.New(r.Message), nil)
+	}
 	if head != s.evaluated {
-		if err := s.evaluate(head); err != nil {
+		if err := s.evaluate(ctx, head); err != nil {
 			var se *SyncError
 			if errors.As(err, &se) && se.What == ErrorRead {
 				s.dropRepo()
@@ -319,7 +388,7 @@ func (s *Syncer) syncOnce(ctx context.Context) time.Duration {
 		}
 	}
 	if n, next := s.settleAnnounced(round); n > 0 {
-		return next
+		return max(next, s.announceWait(s.cfg.Now()))
 	}
 	return jitter(s.cfg.PollInterval, rand.Float64())
 }

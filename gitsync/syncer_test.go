@@ -199,8 +199,9 @@ func TestFirstClone(t *testing.T) {
 			if _, err := os.Stat(filepath.Join(data, "repo.git", "billing.yaml")); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("clone has a worktree: %v", err)
 			}
-			if _, err := os.Stat(filepath.Join(data, "last-good.json")); err != nil {
-				t.Errorf("last good revision not saved: %v", err)
+			// Saved once handed over (OnRevision returned), not before.
+			if !poll(func() bool { _, err := os.Stat(filepath.Join(data, "last-good.json")); return err == nil }) {
+				t.Errorf("last good revision not saved")
 			}
 			if logs := h.logs.String(); !strings.Contains(logs, "cloning spec repository") || !strings.Contains(logs, "cloned spec repository") {
 				t.Errorf("clone not logged:\n%s", logs)
@@ -373,7 +374,7 @@ func TestAnnounce(t *testing.T) {
 	r := gittest.New(t)
 	srv := r.Serve()
 	c1 := r.Commit("one", map[string]string{"billing.yaml": billingYAML})
-	h := start(t, gitsync.Config{URL: srv.RepoURL, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, AnnounceAttempts: 50})
+	h := start(t, gitsync.Config{URL: srv.RepoURL, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, AnnounceAttempts: 50, AnnounceInterval: 10 * time.Millisecond})
 	h.expect(c1)
 
 	// A peer announces a commit the remote does not serve yet (a lagging
@@ -401,7 +402,7 @@ func TestAnnounceGivesUp(t *testing.T) {
 	r := gittest.New(t)
 	srv := r.Serve()
 	c1 := r.Commit("one", map[string]string{"billing.yaml": billingYAML})
-	h := start(t, gitsync.Config{URL: srv.RepoURL, AnnounceAttempts: 3})
+	h := start(t, gitsync.Config{URL: srv.RepoURL, AnnounceAttempts: 3, AnnounceInterval: 10 * time.Millisecond})
 	h.expect(c1)
 	n0 := srv.Requests()
 	h.s.Announce(strings.Repeat("ab", 20))

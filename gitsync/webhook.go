@@ -62,7 +62,8 @@ func (s *Syncer) WebhookHandler(secret string) http.Handler {
 			}
 			if push.After != "" && strings.Trim(push.After, "0") != "" {
 				s.log.Info("webhook: push", "ref", push.Ref, "after", short(push.After))
-				s.Announce(push.After) // triggers a fetch unless it is in force
+				s.Announce(push.After)
+				s.Trigger() // a signed push fetches at once, whatever the announce interval
 				if c := strings.ToLower(push.After); s.cfg.OnPush != nil && len(c) == 40 && isHex(c) {
 					s.cfg.OnPush(c)
 				}

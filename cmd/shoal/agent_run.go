@@ -126,6 +126,7 @@ func (a *agent) syncConfig() (gitsync.Config, error) {
 		DataDir:              filepath.Join(cfg.DataDir, "git"),
 		PollInterval:         cfg.Poll,
 		RefuseNonFastForward: cfg.RefuseForcePush,
+		EvalCommand:          evalCommand(),
 		Logger:               a.log.With("part", "gitsync"),
 		OnRevision:           a.onRevision,
 		OnPush: func(commit string) {

@@ -104,7 +104,9 @@ func printUsage(w io.Writer) {
 	fmt.Fprintln(w, "\nUsage: shoal COMMAND [flags]\n\nCommands:")
 	names := make([]string, 0, len(commands))
 	for n := range commands {
-		names = append(names, n)
+		if commands[n].usage != "" { // hidden: internal to the binary
+			names = append(names, n)
+		}
 	}
 	sort.Strings(names)
 	for _, n := range names {

@@ -1,0 +1,5 @@
+//go:build !race
+
+package gitsync_test
+
+const raceEnabled = false
