@@ -177,7 +177,7 @@ func New(cfg Config) (*Mesh, error) {
 	if bindHost == "" {
 		bindHost = "0.0.0.0"
 	}
-	if len(keys) == 0 && !cfg.InsecureGossip && !isLoopbackHost(bindHost) {
+	if len(keys) == 0 && !cfg.InsecureGossip && !IsLoopbackHost(bindHost) {
 		return nil, fmt.Errorf("%w: bind %s", ErrPlaintextGossip, bindHost)
 	}
 

@@ -18,8 +18,8 @@ import (
 // ErrPlaintextGossip is New's refusal to gossip in clear beyond loopback.
 var ErrPlaintextGossip = errors.New("mesh: gossip beyond loopback needs an encryption key")
 
-// isLoopbackHost reports whether host binds loopback only.
-func isLoopbackHost(host string) bool {
+// IsLoopbackHost reports whether host binds loopback only.
+func IsLoopbackHost(host string) bool {
 	if host == "localhost" {
 		return true
 	}
