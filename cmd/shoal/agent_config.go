@@ -299,6 +299,16 @@ func (c *agentConfig) finish() error {
 	if c.GossipKey != "" && c.Keyring != "" {
 		errs = append(errs, errors.New("set --gossip-key-file (or --gossip-key) or --keyring, not both"))
 	}
+	// A config built in code (tests) may leave these empty: the defaults.
+	if c.Network == "" {
+		c.Network = runtime.NetworkBridge
+	}
+	if c.Bridge == "" {
+		c.Bridge = "shoal0"
+	}
+	if c.ContainerSubnet == "" {
+		c.ContainerSubnet = "10.89.0.0/16"
+	}
 	switch c.Network {
 	case runtime.NetworkBridge:
 		if _, _, err := runtime.ParseSubnet(c.ContainerSubnet); err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -139,7 +140,7 @@ func (a *agent) containerDNS(ingress string, records func() []shoal.Record, path
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		addr = net.JoinHostPort(addr, "53")
 	}
-	d := mesh.NewDNS(mesh.DNSConfig{Addr: addr, BalancerAddr: ingress, Upstreams: a.cfg.DNSUpstreams, Logger: a.log.With("part", "dns"), Services: a.serviceNames, Generation: func() uint64 { return a.mesh.Generation() }, RateLimit: containerDNSRate}, records)
+	d := mesh.NewDNS(mesh.DNSConfig{Addr: addr, BalancerAddr: ingress, Upstreams: a.cfg.DNSUpstreams, Logger: a.log.With("part", "dns"), Services: a.serviceNames, Generation: func() uint64 { return a.mesh.Generation() }, RateLimit: containerDNSRate, AllowedSources: a.dnsSources()}, records)
 	if err := d.Listen(); err != nil {
 		a.log.Warn("containers get the host's resolv.conf: cannot serve them DNS; free the port or set --container-dns", "addr", addr, "err", err)
 		host, err := os.ReadFile("/etc/resolv.conf")
@@ -158,6 +159,26 @@ func (a *agent) containerDNS(ingress string, records func() []shoal.Record, path
 	a.cdns = d
 	a.parts.runs = append(a.parts.runs, d.Run)
 	return nil
+}
+
+// dnsSources are who the containers' DNS answers: the containers on the
+// bridge, and this node itself (host-networked containers, the operator).
+// Anyone else gets REFUSED: it is no open resolver.
+func (a *agent) dnsSources() []netip.Prefix {
+	out := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	if p := a.rt.Subnet(); p.IsValid() {
+		out = append(out, p)
+	}
+	addrs, _ := net.InterfaceAddrs()
+	for _, ad := range addrs {
+		if ipn, ok := ad.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(ipn.IP); ok {
+				ip = ip.Unmap()
+				out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
+			}
+		}
+	}
+	return out
 }
 
 // containerDNSRate is the replies per second one source gets from the

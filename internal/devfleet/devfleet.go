@@ -383,6 +383,12 @@ func (f *Fleet) makeSigner() error {
 // Commit writes files (slash paths; empty content deletes) into the
 // repository and commits them, signed when the fleet signs. It returns the
 // commit hash.
+// Push stores an image in the fleet's registry as repoTag and returns the
+// reference agents pull it by.
+func (f *Fleet) Push(repoTag string, img v1.Image) (string, error) {
+	return f.registry.Push(repoTag, img)
+}
+
 func (f *Fleet) Commit(msg string, files map[string]string) (string, error) {
 	return f.commit(msg, files, f.signer)
 }
