@@ -330,7 +330,9 @@ func TestUnhealthyIsRestarted(t *testing.T) {
 // sameNode makes a runtime use cfg's data and network: the same node's
 // agent, started again.
 func sameNode(cfg *runtime.Config) func(*runtime.Config) {
-	return func(c *runtime.Config) { c.DataDir, c.Network, c.PortLow, c.PortHigh = cfg.DataDir, cfg.Network, cfg.PortLow, cfg.PortHigh }
+	return func(c *runtime.Config) {
+		c.DataDir, c.Network, c.PortLow, c.PortHigh = cfg.DataDir, cfg.Network, cfg.PortLow, cfg.PortHigh
+	}
 }
 
 func TestAdoptionAfterRestart(t *testing.T) {
