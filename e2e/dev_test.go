@@ -208,4 +208,15 @@ func TestLoopbackFleet(t *testing.T) {
 			t.Errorf("process left: %s", line)
 		}
 	}
+	// On loopback the agents' bridges and rules are the host's: all gone.
+	links, _ := exec.Command("ip", "link").Output()
+	if strings.Contains(string(links), "shlo") {
+		t.Errorf("bridges left:\n%s", links)
+	}
+	rules, _ := exec.Command("iptables-save").Output()
+	for _, line := range strings.Split(string(rules), "\n") {
+		if strings.Contains(line, "shlo") || strings.Contains(line, "CNI-") {
+			t.Errorf("rule left: %s", line)
+		}
+	}
 }

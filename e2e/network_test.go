@@ -158,6 +158,11 @@ func TestOffTheShelfFleet(t *testing.T) {
 				client = r.Node
 			}
 		}
+		// Outbound traffic leaves, NATed to the node's address: the
+		// registry on the fleet network's host side answers.
+		if got, err := dial(h.f.Registry, `GET /v2/ HTTP/1.0\r\n\r\n`, "HTTP/1."); err != nil || !strings.Contains(got, "HTTP/1.") {
+			t.Errorf("the client container could not reach the registry outside its node: %q, %v", got, err)
+		}
 		for i, n := range h.nodes {
 			for _, port := range []string{"7900", "7946", "8600"} {
 				addr := net.JoinHostPort(n.Addr, port)

@@ -47,9 +47,11 @@ func healthOf(svc shoal.Service) *shoal.Health {
 func (r *Runtime) probe(ctx context.Context, cs map[string]*container) {
 	now := r.cfg.Now()
 	r.mu.Lock()
-	byName := map[string]shoal.Service{}
+	// By slot, not by service: during a rolling update the slots of one
+	// service on this node want different definitions.
+	bySlot := map[shoal.Slot]shoal.Service{}
 	for _, d := range r.desired {
-		byName[d.Slot.Service] = d.Service
+		bySlot[d.Slot] = d.Service
 	}
 	type job struct {
 		id  string
@@ -59,7 +61,8 @@ func (r *Runtime) probe(ctx context.Context, cs map[string]*container) {
 	}
 	var jobs []job
 	for id, ct := range cs {
-		svc, ok := byName[ct.labels[LabelService]]
+		idx, _ := strconv.Atoi(ct.labels[LabelSlot])
+		svc, ok := bySlot[shoal.Slot{Service: ct.labels[LabelService], Index: idx}]
 		if !ok || healthOf(svc) == nil || ct.status != containerd.Running || svc.Hash() != ct.labels[LabelSpecHash] {
 			continue
 		}

@@ -789,3 +789,25 @@ func TestStartsPrivateContainerd(t *testing.T) {
 		t.Error("the private containerd still answers after Close")
 	}
 }
+
+// In a rolling update one node may hold a slot already on the new
+// definition beside a slot still on the old one: each is checked against
+// its own slot's definition, so the new copy gets healthy and replaces
+// the old. (The checks once looked definitions up by service, and the new
+// copy waited for a check forever.)
+func TestRollingSlotsOfOneServiceOnOneNode(t *testing.T) {
+	rt, _ := newRuntime(t, "t-partial")
+	v1 := web(2, map[string]string{"MESSAGE": "v1"})
+	v1.Update.MinHealthyTime = shoal.Duration(200 * time.Millisecond)
+	rt.SetDesired("rev1", desired(v1))
+	waitFor(t, 30*time.Second, "2 healthy v1", healthy(rt, 2))
+	v2 := v1
+	v2.Env = map[string]string{"MESSAGE": "v2"}
+	d := desired(v1)
+	d[0].Service = v2 // slot 0's turn; slot 1 waits
+	rt.SetDesired("rev2", d)
+	waitFor(t, 30*time.Second, "slot 0 on v2, healthy, its old copy gone", func() bool {
+		ins := rt.Instances()
+		return len(ins) == 2 && ins[0].SpecHash == v2.Hash() && ins[0].State == shoal.StateHealthy && ins[1].SpecHash == v1.Hash()
+	})
+}
