@@ -55,7 +55,11 @@ func buildShoal(t *testing.T) string {
 	return bin
 }
 
-func start(t *testing.T) *harness {
+func start(t *testing.T) *harness { return startFleet(t, "she2e", "10.213.9.0/24") }
+
+// startFleet starts the five-node fleet in namespaces named after prefix,
+// on subnet: fleets of different tests never share either.
+func startFleet(t *testing.T, prefix, subnet string) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	if keep := os.Getenv("SHOAL_E2E_DIR"); keep != "" {
@@ -63,7 +67,7 @@ func start(t *testing.T) *harness {
 		dir = keep
 	}
 	f, err := devfleet.Start(context.Background(), devfleet.Config{
-		Nodes: nodes, Prefix: "she2e", Subnet: "10.213.9.0/24", Binary: buildShoal(t), Dir: dir,
+		Nodes: nodes, Prefix: prefix, Subnet: subnet, Binary: buildShoal(t), Dir: dir,
 		// A slow poll: pushes must arrive by webhook and announcement.
 		Poll: 10 * time.Second,
 		// Trusted keys on: every commit is signed, unless a test says not.
