@@ -77,3 +77,32 @@ func natRules(t *testing.T) string {
 	}
 	return b.String()
 }
+
+// Bad network settings stop the agent at start, saying what to do.
+func TestNetworkBadInputNamesTheFix(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, c := range []struct {
+		name string
+		cfg  NetworkConfig
+		want string
+	}{
+		{"no plugins", NetworkConfig{BinDirs: []string{t.TempDir()}}, "apt-get install containernetworking-plugins"},
+		{"bad subnet", NetworkConfig{Subnet: "10.0.0.0/31"}, "from /8 to /30"},
+		{"long bridge name", NetworkConfig{Bridge: "a-very-long-bridge-name"}, "at most 15 characters"},
+		{"empty conf dir", NetworkConfig{ConfDir: t.TempDir()}, "no *.conflist"},
+	} {
+		_, err := newNetwork(context.Background(), c.cfg, t.TempDir(), quiet)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error saying %q", c.name, err, c.want)
+		}
+	}
+	// A name taken by something that is not a bridge is refused.
+	if err := exec.Command("ip", "link", "add", "shnotbr", "type", "dummy").Run(); err != nil {
+		t.Fatal(err)
+	}
+	defer exec.Command("ip", "link", "del", "shnotbr").Run()
+	_, err := newNetwork(context.Background(), NetworkConfig{Bridge: "shnotbr", Subnet: "10.92.8.0/24"}, t.TempDir(), quiet)
+	if err == nil || !strings.Contains(err.Error(), "is not a bridge") {
+		t.Errorf("a dummy link as the bridge: %v", err)
+	}
+}
