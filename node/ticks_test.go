@@ -36,7 +36,7 @@ func TestLatestTick(t *testing.T) {
 		{"@every looked at every second", "@every 5s", "2026-03-01 10:00:05", "2026-03-01 10:00:06", ""},
 		{"@every 25m", "@every 25m", "2026-03-01 10:00:00", "2026-03-01 11:00:00", "2026-03-01 10:55:00"}, // 25m multiples since 1970,
 		{"@every sub-second floors to 1s", "@every 100ms", "2026-03-01 10:00:00", "2026-03-01 10:00:02.5", "2026-03-01 10:00:02"},
-		{"CRON_TZ", "CRON_TZ=Europe/Paris 30 11 * * *", "2026-03-01 00:00:00", "2026-03-01 12:00:00", "2026-03-01 10:30:00"}, // CET = UTC+1
+		{"CRON_TZ", "CRON_TZ=Europe/Paris 30 11 * * *", "2026-03-01 00:00:00", "2026-03-01 12:00:00", "2026-03-01 10:30:00"},             // CET = UTC+1
 		{"CRON_TZ summer time", "CRON_TZ=Europe/Paris 30 11 * * *", "2026-07-01 00:00:00", "2026-07-01 12:00:00", "2026-07-01 09:30:00"}, // CEST = UTC+2
 		{"TZ= prefix", "TZ=Asia/Tokyo 0 9 * * *", "2026-02-28 12:00:00", "2026-03-01 12:00:00", "2026-03-01 00:00:00"},
 		// Spring forward: 02:30 does not exist in Paris on 29 March; robfig/cron skips it that day.
