@@ -274,6 +274,30 @@ func sortRuns(rs []jobRun) {
 	})
 }
 
+// metrics is what /metrics reports of the jobs run here.
+func (j *jobState) metrics() (success, failure map[string]float64, runs map[[2]string]float64) {
+	success, failure, runs = map[string]float64{}, map[string]float64{}, map[[2]string]float64{}
+	for job, rs := range j.hist {
+		for _, r := range rs {
+			if r.State != "ended" {
+				continue
+			}
+			at := float64(r.End.UnixNano()) / float64(time.Second)
+			m := failure
+			if r.Succeeded() {
+				m = success
+			}
+			if at > m[job] {
+				m[job] = at
+			}
+		}
+	}
+	for k, v := range j.outcomes {
+		runs[k] = v
+	}
+	return success, failure, runs
+}
+
 // usedBy is what the placed services reserve on each node.
 func usedBy(spec *shoal.Spec, plan *placement.Placement) map[string]shoal.Resources {
 	used := map[string]shoal.Resources{}

@@ -34,6 +34,7 @@ type apiServer struct {
 	webhook http.Handler // POST /v1/webhook, checks its own HMAC
 	peer    http.Handler // GET /v1/records/local, the anti-entropy pull
 	metrics http.Handler // GET /metrics
+	jobs    http.Handler // /v1/jobs: cron jobs, their history, manual runs
 	log     *slog.Logger
 }
 
@@ -62,6 +63,10 @@ func (a *apiServer) handler() http.Handler {
 	}
 	if a.metrics != nil {
 		mux.Handle("GET /metrics", a.metrics)
+	}
+	if a.jobs != nil {
+		mux.Handle("/v1/jobs", a.jobs)
+		mux.Handle("/v1/jobs/", a.jobs)
 	}
 	authed := a.requireToken(mux)
 	root := http.NewServeMux()

@@ -49,7 +49,7 @@ func (c *clientFlags) client() *apiClient { return newAPIClient(c.agent, c.token
 func init() {
 	register(command{name: "status", usage: "the fleet at a glance: nodes, revisions, services, errors", run: runStatus})
 	register(command{name: "members", usage: "the fleet's members with revision and capacity", run: runMembers})
-	register(command{name: "logs", usage: "a service instance's output: shoal logs SERVICE [--slot N] [-f]", run: runLogs})
+	register(command{name: "logs", usage: "a service instance's output: shoal logs SERVICE [--slot N] [-f]; a job run's: shoal logs JOB --run N", run: runLogs})
 }
 
 func printJSON(w io.Writer, v any) error {
@@ -157,6 +157,7 @@ func runLogs(ctx context.Context, args []string, stdout, stderr io.Writer) (int,
 	cf.register(fs)
 	slot := fs.Int("slot", 0, "replica (slot) index")
 	follow := fs.Bool("f", false, "keep following the output")
+	run := fs.Int64("run", 0, "a job's run: its number in `shoal jobs NAME`, or 1 for the latest")
 	// Accept the service name before or after the flags.
 	var svc string
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
@@ -170,6 +171,9 @@ func runLogs(ctx context.Context, args []string, stdout, stderr io.Writer) (int,
 	}
 	if svc == "" {
 		return 1, fmt.Errorf("want a service name: shoal logs SERVICE [--slot N] [-f]")
+	}
+	if *run > 0 {
+		return jobLogs(ctx, cf, svc, *run, *follow, stdout)
 	}
 	c := cf.client()
 	var records []shoal.Record
