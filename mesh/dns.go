@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	goruntime "runtime"
 	"sort"
@@ -43,6 +44,19 @@ type DNSConfig struct {
 	// Generation): replies are then cached while it stays the same, for
 	// at most a second. Without it every query walks the records.
 	Generation func() uint64
+	// AllowedSources, when set, are the only source addresses answered;
+	// any other gets REFUSED. The DNS that containers use sets it to the
+	// container subnet and the node's own addresses, so that it is no
+	// open resolver. Nil answers every source (a DNS on loopback).
+	AllowedSources []netip.Prefix
+	// MaxInflight bounds the queries answered outside the read loop
+	// (forwarded, or not in the reply cache) at once; beyond it a query
+	// gets SERVFAIL at once. Default 256.
+	MaxInflight int
+	// RateLimit is the replies per second one source address gets, with
+	// bursts of twice that; beyond it queries are dropped, so the server
+	// cannot be made to reflect traffic at a spoofed address. 0: no limit.
+	RateLimit float64
 }
 
 // DNS answers <service>.service.shoal (A/AAAA), _<port>._tcp.<service>.
@@ -63,6 +77,11 @@ type DNS struct {
 
 	cacheMu sync.RWMutex
 	cache   map[string]map[cacheKey]cachedReply // by name as asked, case preserved
+
+	slots   chan struct{} // MaxInflight: queries answered outside the read loop
+	limiter *rateLimiter  // nil without RateLimit
+	ups     *upstreams
+	limited atomic.Uint64 // queries dropped by the rate limit
 }
 
 // Replies inside .shoal are kept, packed, while the records' generation
@@ -104,7 +123,14 @@ func NewDNS(cfg DNSConfig, src func() []shoal.Record) *DNS {
 	if cfg.Upstreams == nil {
 		cfg.Upstreams = systemResolvers("/etc/resolv.conf")
 	}
-	return &DNS{cfg: cfg, src: src, log: cfg.Logger, ready: make(chan struct{})}
+	if cfg.MaxInflight <= 0 {
+		cfg.MaxInflight = 256
+	}
+	d := &DNS{cfg: cfg, src: src, log: cfg.Logger, ready: make(chan struct{}), slots: make(chan struct{}, cfg.MaxInflight), ups: newUpstreams()}
+	if cfg.RateLimit > 0 {
+		d.limiter = newRateLimiter(cfg.RateLimit, 2*cfg.RateLimit, maxLimited)
+	}
+	return d
 }
 
 // systemResolvers reads the nameservers of a resolv.conf.
@@ -142,6 +168,9 @@ func (d *DNS) Stats() map[string]uint64 {
 		if n := d.stats[rcode].Load(); n > 0 {
 			out[dns.RcodeToString[rcode]] = n
 		}
+	}
+	if n := d.limited.Load(); n > 0 {
+		out["RATELIMITED"] = n
 	}
 	return out
 }
@@ -238,7 +267,7 @@ func (d *DNS) Run(ctx context.Context) error {
 	d.mu.Lock()
 	pcs, ln := d.pcs, d.ln
 	d.mu.Unlock()
-	h := dns.HandlerFunc(d.serve)
+	h := dns.HandlerFunc(d.serveTCP)
 	tcp := &dns.Server{Listener: ln, Handler: h}
 	d.mu.Lock()
 	d.servers = []*dns.Server{tcp}
@@ -265,6 +294,7 @@ func (d *DNS) Run(ctx context.Context) error {
 	}
 	tcp.Shutdown()
 	wg.Wait()
+	d.ups.close()
 	if ctx.Err() != nil {
 		return nil
 	}
@@ -295,6 +325,7 @@ type udpBatch interface {
 	replyBuf(j int) []byte           // room for reply j, batchBuf bytes
 	setReply(j, i int, reply []byte) // reply j, in replyBuf(j), goes to datagram i's sender
 	from(i int) net.Addr             // datagram i's sender, for the slow path; nil if unknown
+	source(i int) netip.Addr         // datagram i's sender's IP, without allocating; invalid if unknown
 	send(n int) error                // writes replies 0..n-1
 }
 
@@ -323,9 +354,22 @@ func (d *DNS) readUDP(uc *net.UDPConn) error {
 			return err
 		}
 		replies := 0
+		now := time.Now()
 		for i := range n {
 			q := b.query(i)
 			if q == nil {
+				continue
+			}
+			src := b.source(i)
+			if !d.admit(src, now) {
+				continue
+			}
+			if !d.allowed(src) {
+				if reply, ok := refusal(q, b.replyBuf(replies)); ok {
+					d.count(dns.RcodeRefused)
+					b.setReply(replies, i, reply)
+					replies++
+				}
 				continue
 			}
 			if reply, rcode, ok := d.cachedUDP(q, b.replyBuf(replies), name[:0]); ok {
@@ -338,8 +382,19 @@ func (d *DNS) readUDP(uc *net.UDPConn) error {
 			if err := req.Unpack(q); err != nil || req.Response {
 				continue // not a query: drop it, as miekg/dns does
 			}
-			if addr := b.from(i); addr != nil {
-				go d.serve(&udpWriter{pc: uc, addr: addr}, req) // may forward: never block the reader
+			addr := b.from(i)
+			if addr == nil {
+				continue
+			}
+			w := &udpWriter{pc: uc, addr: addr}
+			select {
+			case d.slots <- struct{}{}:
+				go func() { // may forward: never block the reader
+					defer func() { <-d.slots }()
+					d.serve(w, req)
+				}()
+			default:
+				d.busy(w, req)
 			}
 		}
 		if err := b.send(replies); err != nil {
@@ -637,13 +692,9 @@ func healthyOf(records []shoal.Record, service, port string) []shoal.Record {
 // forward relays a query for a name outside .shoal to the upstreams.
 func (d *DNS) forward(w dns.ResponseWriter, req *dns.Msg) {
 	_, isTCP := w.RemoteAddr().(*net.TCPAddr)
-	c := &dns.Client{Timeout: 2 * time.Second}
-	if isTCP {
-		c.Net = "tcp"
-	}
 	var lastErr error = errors.New("no upstream resolvers")
 	for _, up := range d.cfg.Upstreams {
-		resp, _, err := c.Exchange(req, up)
+		resp, err := d.ups.exchange(req, up, isTCP)
 		if err == nil {
 			if !isTCP {
 				// The upstream fit its answer in the client's buffer

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"net"
+	"net/netip"
 	"syscall"
 
 	"golang.org/x/net/ipv4"
@@ -58,4 +59,11 @@ func (b *msgBatch) send(n int) error {
 		sent += k
 	}
 	return nil
+}
+
+func (b *msgBatch) source(i int) netip.Addr {
+	if a, ok := b.in[i].Addr.(*net.UDPAddr); ok {
+		return a.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
 }

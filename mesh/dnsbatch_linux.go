@@ -3,6 +3,7 @@ package mesh
 import (
 	"encoding/binary"
 	"net"
+	"net/netip"
 	"syscall"
 	"unsafe"
 
@@ -135,4 +136,15 @@ func (b *rawUDPBatch) from(i int) net.Addr {
 		return &net.UDPAddr{IP: net.IP(append([]byte(nil), p.Addr[:]...)), Port: int(port)}
 	}
 	return nil
+}
+
+func (b *rawUDPBatch) source(i int) netip.Addr {
+	sa := &b.names[i]
+	switch sa.Addr.Family {
+	case unix.AF_INET:
+		return netip.AddrFrom4((*unix.RawSockaddrInet4)(unsafe.Pointer(sa)).Addr)
+	case unix.AF_INET6:
+		return netip.AddrFrom16((*unix.RawSockaddrInet6)(unsafe.Pointer(sa)).Addr).Unmap()
+	}
+	return netip.Addr{}
 }

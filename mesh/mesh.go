@@ -33,8 +33,16 @@ type Config struct {
 	// background until one answers.
 	Join []string
 	// Key encrypts gossip (16, 24 or 32 bytes); a node without it cannot
-	// join. Nil means no encryption.
-	Key []byte
+	// join. Keys is a whole keyring instead, the primary first. Without
+	// either, gossip is in clear, which New refuses beyond loopback unless
+	// InsecureGossip says so.
+	Key            []byte
+	Keys           [][]byte
+	InsecureGossip bool
+	// KeyringFile keeps the keyring across restarts: read at start when it
+	// exists (it then wins over Key and Keys), written when it does not,
+	// and rewritten by Serf on every InstallKey, UseKey and RemoveKey.
+	KeyringFile string
 	// This node's facts, gossiped in its tags.
 	CPU     float64
 	Memory  shoal.Bytes
@@ -96,6 +104,17 @@ type Mesh struct {
 	paused      map[string]time.Time            // failed members that said they restart → when
 	restartSaid map[string]time.Time            // alive members that announced a restart → when
 
+	// pending holds, per node, the last record set that came by event and
+	// whose digest its sender's tags did not show yet: a user event does
+	// not say who sent it, the tags do (see acceptEvent).
+	pending map[string]peerRecords
+
+	// live is the gossip address of each member last seen alive, for
+	// mergeGuard; self is this node's.
+	liveMu sync.Mutex
+	live   map[string]string
+	self   string
+
 	joined atomic.Bool
 
 	closeOnce sync.Once
@@ -137,7 +156,7 @@ func New(cfg Config) (*Mesh, error) {
 	m := &Mesh{
 		cfg: cfg, log: cfg.Logger,
 		events: make(chan serf.Event, 1024), changes: make(chan struct{}, 1), pullNow: make(chan struct{}, 1),
-		peers: map[string]peerRecords{}, gone: map[string]peerRecords{}, pullSoon: map[string]string{}, announced: map[string]bool{}, loads: map[string]map[string]loadEntry{}, paused: map[string]time.Time{}, restartSaid: map[string]time.Time{}, closed: make(chan struct{}),
+		peers: map[string]peerRecords{}, gone: map[string]peerRecords{}, pullSoon: map[string]string{}, announced: map[string]bool{}, loads: map[string]map[string]loadEntry{}, pending: map[string]peerRecords{}, live: map[string]string{}, paused: map[string]time.Time{}, restartSaid: map[string]time.Time{}, closed: make(chan struct{}),
 	}
 	// No digest until the first SetLocalRecords: an agent that restarts
 	// has not yet looked at the containers it kept, and an empty set
@@ -150,8 +169,27 @@ func New(cfg Config) (*Mesh, error) {
 		return nil, fmt.Errorf("mesh: node tags take %d bytes, over Serf's %d-byte limit: use fewer or shorter labels", n, maxTagBytes)
 	}
 
+	keys, err := loadKeyring(cfg)
+	if err != nil {
+		return nil, err
+	}
+	bindHost := cfg.BindAddr
+	if bindHost == "" {
+		bindHost = "0.0.0.0"
+	}
+	if len(keys) == 0 && !cfg.InsecureGossip && !IsLoopbackHost(bindHost) {
+		return nil, fmt.Errorf("%w: bind %s", ErrPlaintextGossip, bindHost)
+	}
+
 	sc := serf.DefaultConfig()
 	sc.NodeName = cfg.NodeName
+	// A joiner that takes a live member's name is refused (mergeGuard),
+	// and never votes the real member out: Serf's resolution shuts down
+	// whichever side the majority of answers, which anyone holding the
+	// key can forge, does not know.
+	sc.EnableNameConflictResolution = false
+	sc.Merge = mergeGuard{m}
+	sc.KeyringFile = cfg.KeyringFile
 	sc.Tags = m.tags
 	sc.EventCh = m.events
 	sc.ReconnectTimeout = 30 * time.Second
@@ -179,7 +217,13 @@ func New(cfg Config) (*Mesh, error) {
 	// state exchange: every 30 s by default (49 s measured once on
 	// loopback), all that time planning on part of the fleet.
 	ml.PushPullInterval = 5 * time.Second
-	ml.SecretKey = cfg.Key
+	if len(keys) > 0 {
+		kr, err := memberlist.NewKeyring(keys, keys[0])
+		if err != nil {
+			return nil, fmt.Errorf("mesh: gossip keyring: %w", err)
+		}
+		ml.Keyring = kr
+	}
 	ml.LogOutput = logw
 	sc.MemberlistConfig = ml
 	s, err := serf.Create(sc)
@@ -187,6 +231,10 @@ func New(cfg Config) (*Mesh, error) {
 		return nil, fmt.Errorf("mesh: start gossip on %s:%d: %w", ml.BindAddr, cfg.BindPort, err)
 	}
 	m.serf = s
+	self := s.LocalMember()
+	m.liveMu.Lock()
+	m.self = net.JoinHostPort(self.Addr.String(), strconv.Itoa(int(self.Port)))
+	m.liveMu.Unlock()
 	return m, nil
 }
 
@@ -278,6 +326,7 @@ func (m *Mesh) handle(ev serf.Event) {
 				}
 				m.log.Log(context.Background(), lvl, "membership", "event", e.Type.String(), "member", mb.Name, "addr", mb.Addr.String())
 			}
+			m.noteMember(e.Type, mb)
 			m.mu.Lock()
 			switch {
 			case e.Type == serf.EventMemberFailed && (mb.Tags["p"] == "1" || m.saidRestart(mb.Name)):
@@ -290,6 +339,7 @@ func (m *Mesh) handle(ev serf.Event) {
 				delete(m.restartSaid, mb.Name)
 				delete(m.gone, mb.Name)
 				delete(m.pullSoon, mb.Name)
+				delete(m.pending, mb.Name)
 			case e.Type == serf.EventMemberFailed, e.Type == serf.EventMemberLeave:
 				// A failed or departed member's records go at once.
 				m.forget(mb.Name)
@@ -379,6 +429,7 @@ func (m *Mesh) forget(name string) {
 		m.gone[name] = pr
 		delete(m.peers, name)
 	}
+	delete(m.pending, name)
 }
 
 // expireGrace drops members whose restart took longer than the grace.

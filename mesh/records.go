@@ -245,7 +245,7 @@ func (m *Mesh) handleUserEvent(e serf.UserEvent) {
 			return
 		}
 		if set.Digest == digestOf(rs) {
-			m.store(set.Node, set.Digest, rs)
+			m.acceptEvent(set.Node, set.Digest, rs)
 			return
 		}
 		// The event only carried a digest (the set is too big): it
@@ -280,7 +280,35 @@ func (m *Mesh) alive(node string) bool {
 	return false
 }
 
+// acceptEvent takes a record set that came by user event. Serf does not
+// say who sent an event, and any member could name another node in it;
+// the digest in a member's tags, though, only that member sets (and
+// refutes when another claims it). So the set is believed once the
+// sender's tags show its digest: at once when they already do, else it
+// waits in pending until they catch up (antiEntropy), or is replaced.
+func (m *Mesh) acceptEvent(node, digest string, rs []shoal.Record) {
+	if want, _ := m.advertised(node); want == digest {
+		m.store(node, digest, rs)
+		return
+	}
+	m.mu.Lock()
+	m.pending[node] = peerRecords{digest: digest, records: rs}
+	m.mu.Unlock()
+}
+
+// ownOnly keeps a node's records whose address is the node's own.
+func (m *Mesh) ownOnly(node string, rs []shoal.Record) []shoal.Record {
+	addr, _ := m.memberAddr(node)
+	kept, dropped := ownRecords(rs, addr)
+	if dropped > 0 {
+		m.log.Warn("records dropped: their address is not their node's", "node", node, "node_addr", addr, "dropped", dropped)
+	}
+	return kept
+}
+
+// store holds rs as node's records, only those at node's own address.
 func (m *Mesh) store(node, digest string, rs []shoal.Record) {
+	rs = m.ownOnly(node, rs)
 	m.mu.Lock()
 	changed := m.setLocked(node, digest, rs)
 	m.mu.Unlock()
@@ -384,7 +412,18 @@ func (m *Mesh) antiEntropy(ctx context.Context) {
 			last, wasGone := m.gone[mb.Name]
 			announced, soon := m.pullSoon[mb.Name]
 			delete(m.pullSoon, mb.Name)
+			pend, pending := m.pending[mb.Name]
+			if pending && (pend.digest == want || pend.digest == have) {
+				delete(m.pending, mb.Name)
+			}
 			m.mu.Unlock()
+			if pending && pend.digest == want && want != have {
+				// The set came by event, and now its sender's tags vouch
+				// for it: nothing to fetch.
+				m.store(mb.Name, want, pend.records)
+				delete(seen, mb.Name)
+				continue
+			}
 			if soon && announced != have {
 				// A digest-only event: the set changed, and only a pull
 				// brings it; the tags may not say so yet.
@@ -485,6 +524,7 @@ func (m *Mesh) pull(node string) error {
 	if _, alive := m.advertised(node); !alive {
 		return nil
 	}
+	rs = m.ownOnly(node, rs)
 	// The node answered with the set it had then, at least as new as
 	// what was held when the pull began; keep it unless a set came by
 	// event meanwhile, which may be newer still. (Not the tags' digest:

@@ -249,21 +249,29 @@ func TestBalancer(t *testing.T) {
 		t.Errorf("after changes: %v", counts)
 	}
 
-	// Local instances are preferred.
-	lb2 := NewBalancer(BalancerConfig{ListenHost: "127.0.0.1", LocalNode: "n3", Logger: quiet}, src)
+	// A balancer on a node with an instance of its own still spreads over
+	// every instance (traffic entering one node must reach the others),
+	// and dials its own instance at the record's Local address, not at
+	// the node address and host port peers use.
+	local := recordFor(bs[2], 2, "n3")
+	local.Local = strings.TrimPrefix(bs[3].URL, "http://") // the "container address"
+	src2 := func() []shoal.Record { return []shoal.Record{recordFor(bs[0], 0, "n1"), local} }
+	lb2 := NewBalancer(BalancerConfig{ListenHost: "127.0.0.1", LocalNode: "n3", Logger: quiet}, src2)
 	t.Cleanup(func() { lb2.Close() })
 	port2 := freeUDPTCPPort(t)
 	lb2.SetRoutes([]Route{{Service: "web", PortName: "http", Port: port2}})
-	for i := 0; i < 20; i++ {
+	counts = map[string]int{}
+	for i := 0; i < 200; i++ {
 		resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/", port2))
 		if err != nil {
 			t.Fatal(err)
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if string(b) != "b2" {
-			t.Fatalf("local preference: got %s", b)
-		}
+		counts[string(b)]++
+	}
+	if counts["b2"] != 0 || counts["b3"] < 50 || counts["b0"] < 50 {
+		t.Errorf("from n3, 200 requests: %v; want b0 and b3 (n3's instance at its Local address) about evenly, never b2", counts)
 	}
 	st := lb.Stats()["web"]
 	if st.Connections < 450 || st.BytesOut == 0 || st.Rate <= 0 {

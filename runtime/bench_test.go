@@ -275,3 +275,62 @@ func removeBenchContainers(b *testing.B, client *containerd.Client) {
 	}
 	time.Sleep(250 * time.Millisecond)
 }
+
+// BenchmarkStartHealthy measures what a namespace of its own costs a
+// container: SetDesired of benchHealthy replicas until every one passes
+// its first health check, with host networking and on the bridge (CNI
+// attach, port mapping, checks at the container address). Issue #14's
+// goal: bridge ≤ 1.3× host. bench/network.sh compares them.
+func BenchmarkStartHealthy(b *testing.B) {
+	const benchHealthy = 5
+	for _, mode := range []string{runtime.NetworkHost, runtime.NetworkBridge} {
+		b.Run("network="+mode, func(b *testing.B) {
+			client := benchEnv(b)
+			svc := web(benchHealthy, nil)
+			svc.Health = &shoal.Health{HTTP: "/healthz", Interval: shoal.Duration(time.Second), Timeout: shoal.Duration(time.Second), Grace: shoal.Duration(5 * time.Second), HealthyThreshold: 1, UnhealthyThreshold: 3}
+			want := desired(svc)
+			net := runtime.NetworkConfig{Mode: mode, Bridge: "shbench0", Subnet: "10.94.0.0/24"}
+			for b.Loop() {
+				b.StopTimer()
+				dir := b.TempDir()
+				rt, err := runtime.New(context.Background(), runtime.Config{
+					Socket: socket, Namespace: benchNS, DataDir: dir, NodeName: "n1",
+					PortLow: benchRuntimePorts, PortHigh: benchRuntimePorts + 199, Parallel: benchParallel,
+					Network: net, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan struct{})
+				go func() { rt.Run(ctx); close(done) }()
+				for !rt.Observed() {
+					time.Sleep(10 * time.Millisecond)
+				}
+				b.StartTimer()
+
+				rt.SetDesired("bench", want)
+				deadline := time.Now().Add(2 * time.Minute)
+				for !healthy(rt, benchHealthy)() {
+					if time.Now().After(deadline) {
+						b.Fatalf("not healthy in 2m: %+v", rt.Instances())
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+
+				b.StopTimer()
+				if err := rt.Drain(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+				cancel()
+				<-done
+				if err := rt.RemoveNetwork(); err != nil {
+					b.Fatal(err)
+				}
+				rt.Close()
+				removeBenchContainers(b, client)
+				b.StartTimer()
+			}
+		})
+	}
+}

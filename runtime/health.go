@@ -136,7 +136,7 @@ func (r *Runtime) check(ctx context.Context, ct *container, svc shoal.Service) b
 		if err != nil {
 			return false
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := healthClient.Do(req)
 		if err != nil {
 			return false
 		}
@@ -149,6 +149,14 @@ func (r *Runtime) check(ctx context.Context, ct *container, svc shoal.Service) b
 	}
 	conn.Close()
 	return true
+}
+
+// healthClient makes HTTP health checks. A 3xx answer is healthy, as the
+// spec says, and never followed: the container chooses where a redirect
+// points, and the agent must not fetch what it names.
+var healthClient = &http.Client{
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	Transport:     &http.Transport{Proxy: nil, DisableKeepAlives: true},
 }
 
 // execCheck runs a command inside the container and wants exit code 0.

@@ -10,7 +10,10 @@ import (
 )
 
 // network is Linux-only: elsewhere only host networking exists.
-type network struct{ gateway netip.Addr }
+type network struct {
+	gateway netip.Addr
+	subnet  netip.Prefix
+}
 
 func newNetwork(context.Context, NetworkConfig, string, *slog.Logger) (*network, error) {
 	return nil, errors.New("bridge networking needs Linux: run with --network host")

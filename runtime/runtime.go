@@ -223,6 +223,14 @@ func (r *Runtime) Gateway() netip.Addr {
 	return r.net.gateway
 }
 
+// Subnet is the bridge's subnet; invalid with host networking only.
+func (r *Runtime) Subnet() netip.Prefix {
+	if r.net == nil {
+		return netip.Prefix{}
+	}
+	return r.net.subnet
+}
+
 // AllowServicePorts lets containers reach the node's balancer on these
 // ports; every other port of the node stays closed to them.
 func (r *Runtime) AllowServicePorts(ports []int) error {

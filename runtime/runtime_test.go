@@ -327,8 +327,17 @@ func TestUnhealthyIsRestarted(t *testing.T) {
 	})
 }
 
+// sameNode makes a runtime use cfg's data and network: the same node's
+// agent, started again.
+func sameNode(cfg *runtime.Config) func(*runtime.Config) {
+	return func(c *runtime.Config) {
+		c.DataDir, c.Network, c.PortLow, c.PortHigh = cfg.DataDir, cfg.Network, cfg.PortLow, cfg.PortHigh
+	}
+}
+
 func TestAdoptionAfterRestart(t *testing.T) {
-	rt, stop := newRuntime(t, "t-adopt")
+	var cfg runtime.Config
+	rt, stop := newRuntime(t, "t-adopt", func(c *runtime.Config) { cfg = *c })
 	rt.SetDesired("rev1", desired(web(2, nil)))
 	waitFor(t, 30*time.Second, "healthy", healthy(rt, 2))
 	before := rt.Instances()
@@ -336,7 +345,7 @@ func TestAdoptionAfterRestart(t *testing.T) {
 
 	// From its first look on, the new runtime reports the kept containers
 	// healthy: what the agent publishes to its peers through a restart.
-	rt2, _ := newRuntime(t, "t-adopt")
+	rt2, _ := newRuntime(t, "t-adopt", sameNode(&cfg))
 	waitFor(t, 10*time.Second, "first look", rt2.Observed)
 	if !healthy(rt2, 2)() {
 		t.Fatalf("first look: %+v, want the 2 kept containers healthy", rt2.Instances())
@@ -352,9 +361,75 @@ func TestAdoptionAfterRestart(t *testing.T) {
 		if before[i].ContainerID != after[i].ContainerID || !before[i].StartedAt.Equal(after[i].StartedAt) || after[i].Restarts != 0 {
 			t.Errorf("slot %v: before %+v after %+v", before[i].Slot, before[i], after[i])
 		}
-		if before[i].Ports["http"] != after[i].Ports["http"] {
-			t.Errorf("port changed on adoption")
+		if before[i].Ports["http"] != after[i].Ports["http"] || before[i].IP != after[i].IP {
+			t.Errorf("port or address changed on adoption")
 		}
+		if _, err := httpGet(fmt.Sprintf("http://%s/", net.JoinHostPort(after[i].IP, strconv.Itoa(after[i].Targets["http"])))); err != nil {
+			t.Errorf("adopted %v at its address: %v", after[i].Slot, err)
+		}
+	}
+}
+
+// A container removed while no agent watched (a crash, kill -9, someone
+// with ctr) leaves its address and host port rules: the next runtime
+// reclaims them on its first look.
+func TestReclaimsNetworkOfVanishedContainers(t *testing.T) {
+	var cfg runtime.Config
+	rt, stop := newRuntime(t, "t-reclaim", func(c *runtime.Config) { cfg = *c })
+	rt.SetDesired("rev1", desired(web(1, nil)))
+	waitFor(t, 30*time.Second, "healthy", healthy(rt, 1))
+	in := rt.Instances()[0]
+	stop()
+	hostPort := ":" + strconv.Itoa(in.Ports["http"])
+	if !strings.Contains(natRules(t), hostPort) {
+		t.Fatalf("no rule for host port %s to begin with", hostPort)
+	}
+	client, err := containerd.New(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	c, err := client.LoadContainer(ctrCtx("t-reclaim"), in.ContainerID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := runtime.DeleteContainer(ctrCtx("t-reclaim"), c, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	rt2, _ := newRuntime(t, "t-reclaim", sameNode(&cfg))
+	waitFor(t, 10*time.Second, "first look", rt2.Observed)
+	waitFor(t, 10*time.Second, "the host port's rules reclaimed", func() bool { return !strings.Contains(natRules(t), hostPort) })
+	ipam, _ := os.ReadDir(filepath.Join(cfg.DataDir, "cni", "ipam", "shoal-"+cfg.Network.Bridge))
+	for _, e := range ipam {
+		if e.Name() == in.IP {
+			t.Errorf("address %s of the vanished container still reserved", in.IP)
+		}
+	}
+}
+
+// natRules is the nat table as iptables-save prints it.
+func natRules(t *testing.T) string {
+	out, err := exec.Command("iptables-save", "-t", "nat").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}
+
+// network: host keeps the old way: the process on the node's network,
+// listening on the host port it is handed in PORT.
+func TestHostNetworkService(t *testing.T) {
+	rt, _ := newRuntime(t, "t-hostnet")
+	svc := web(1, nil)
+	svc.Network = shoal.NetworkHost
+	rt.SetDesired("rev1", desired(svc))
+	waitFor(t, 30*time.Second, "healthy", healthy(rt, 1))
+	in := rt.Instances()[0]
+	if in.IP != "" || in.Targets != nil {
+		t.Errorf("host-networked instance has a bridge address: %+v", in)
+	}
+	if body, err := get(in.Ports["http"], "/"); err != nil || !strings.Contains(body, "hello from web/0") {
+		t.Errorf("host port %d: %q, %v", in.Ports["http"], body, err)
 	}
 }
 

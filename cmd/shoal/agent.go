@@ -2,12 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"sort"
 	"sync"
 	"time"
@@ -416,24 +413,4 @@ func (a *agent) Records() []shoal.Record { return a.mesh.Records() }
 // Logs implements agentView.
 func (a *agent) Logs(slot shoal.Slot, follow bool) (io.ReadCloser, error) {
 	return a.rt.Logs(slot, follow)
-}
-
-// serveAPI runs the HTTP API until ctx ends.
-func serveAPI(ctx context.Context, addr string, h http.Handler, log *slog.Logger) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("api: listen %s: %w", addr, err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-	}()
-	log.Info("api listening", "addr", ln.Addr().String())
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("api: %w", err)
-	}
-	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	goruntime "runtime"
 	"strconv"
 	"strings"
@@ -48,11 +49,13 @@ type agentConfig struct {
 	Memory   shoal.Bytes
 
 	// Gossip.
-	Bind      string // host:port
-	Advertise string // host (or host:port) peers reach us at
-	Join      []string
-	GossipKey string // base64 Serf key; or KeyringFile
-	Keyring   string
+	Bind           string // host:port
+	Advertise      string // host (or host:port) peers reach us at
+	Join           []string
+	GossipKey      string // base64 Serf key; or GossipKeyFile, or Keyring
+	GossipKeyFile  string
+	Keyring        string
+	InsecureGossip bool
 
 	// Containers.
 	ContainerdSocket    string
@@ -73,6 +76,7 @@ type agentConfig struct {
 	// Serving.
 	API            string
 	APIToken       string
+	APITokenFile   string
 	DNS            string
 	ContainerDNS   string
 	ScaleDownDelay time.Duration
@@ -179,8 +183,10 @@ func (c *agentConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Bind, "bind", "0.0.0.0:"+strconv.Itoa(defaultGossipPort), "gossip bind address")
 	fs.StringVar(&c.Advertise, "advertise", "", "address peers reach this node at (default: from --bind, or the first non-loopback address)")
 	fs.Var(listFlag{&c.Join}, "join", "peers to join, host[:port],... (repeatable); retried in the background")
-	fs.StringVar(&c.GossipKey, "gossip-key", os.Getenv("SHOAL_GOSSIP_KEY"), "base64 32-byte key encrypting gossip (or SHOAL_GOSSIP_KEY)")
-	fs.StringVar(&c.Keyring, "keyring", "", "Serf keyring file (a JSON list of base64 keys), instead of --gossip-key")
+	fs.StringVar(&c.GossipKeyFile, "gossip-key-file", "", "file holding the base64 key that encrypts gossip (make one with `shoal keygen`)")
+	fs.StringVar(&c.GossipKey, "gossip-key", os.Getenv("SHOAL_GOSSIP_KEY"), "the gossip key itself: prefer SHOAL_GOSSIP_KEY or --gossip-key-file, which ps does not show")
+	fs.StringVar(&c.Keyring, "keyring", "", "Serf keyring file (a JSON list of base64 keys, primary first), instead of --gossip-key-file")
+	fs.BoolVar(&c.InsecureGossip, "insecure-gossip", false, "allow unencrypted gossip on a non-loopback --bind: anyone who reaches the port can join the fleet")
 
 	fs.StringVar(&c.ContainerdSocket, "containerd", "/run/containerd/containerd.sock", "containerd socket")
 	fs.StringVar(&c.ContainerdNamespace, "namespace", "shoal", "containerd namespace of this agent's containers")
@@ -195,8 +201,9 @@ func (c *agentConfig) flags(fs *flag.FlagSet) {
 	fs.Var(listFlag{&c.CNIBinDirs}, "cni-bin-dir", "directories of the CNI plugins (default /usr/lib/cni,/opt/cni/bin)")
 	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", "", "directory whose first *.conflist replaces the generated network configuration (for operators who bring their own)")
 
-	fs.StringVar(&c.API, "api", "127.0.0.1:7900", "HTTP API address; a non-loopback address needs --api-token")
-	fs.StringVar(&c.APIToken, "api-token", os.Getenv("SHOAL_TOKEN"), "API bearer token (or SHOAL_TOKEN)")
+	fs.StringVar(&c.API, "api", "127.0.0.1:7900", "HTTP API address")
+	fs.StringVar(&c.APITokenFile, "api-token-file", "", "file holding the API bearer token (default: --data-dir/api-token, generated when missing)")
+	fs.StringVar(&c.APIToken, "api-token", firstEnv("SHOAL_API_TOKEN", "SHOAL_TOKEN"), "the API token itself: prefer SHOAL_API_TOKEN or --api-token-file, which ps does not show")
 	fs.StringVar(&c.DNS, "dns", defaultDNSAddr, "DNS server address for *.shoal")
 	fs.StringVar(&c.ContainerDNS, "container-dns", "auto", "DNS address on port 53 that containers' resolv.conf names: auto (the bridge's gateway; the advertised address with --network host), an IP, or off")
 	fs.Var(listFlag{&c.DNSUpstreams}, "dns-upstream", "resolvers for names outside .shoal (default: /etc/resolv.conf)")
@@ -280,14 +287,27 @@ func (c *agentConfig) finish() error {
 			errs = append(errs, fmt.Errorf("%s %q: want host:port", a.flag, a.v))
 		}
 	}
-	if c.API != "" && !isLoopbackAddr(c.API) && c.APIToken == "" {
-		errs = append(errs, fmt.Errorf("--api %s is reachable beyond this machine: set --api-token (or SHOAL_TOKEN), or bind 127.0.0.1", c.API))
+	if err := c.readSecrets(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.checkGossipKey(); err != nil {
+		errs = append(errs, err)
 	}
 	if _, _, err := parsePortRange(c.PortRange); err != nil {
 		errs = append(errs, err)
 	}
 	if c.GossipKey != "" && c.Keyring != "" {
-		errs = append(errs, errors.New("set --gossip-key or --keyring, not both"))
+		errs = append(errs, errors.New("set --gossip-key-file (or --gossip-key) or --keyring, not both"))
+	}
+	// A config built in code (tests) may leave these empty: the defaults.
+	if c.Network == "" {
+		c.Network = runtime.NetworkBridge
+	}
+	if c.Bridge == "" {
+		c.Bridge = "shoal0"
+	}
+	if c.ContainerSubnet == "" {
+		c.ContainerSubnet = "10.89.0.0/16"
 	}
 	switch c.Network {
 	case runtime.NetworkBridge:
@@ -305,6 +325,67 @@ func (c *agentConfig) finish() error {
 		errs = append(errs, errors.New("--handoff-timeout must be positive"))
 	}
 	return errors.Join(errs...)
+}
+
+// firstEnv is the first of the environment variables that is set.
+func firstEnv(names ...string) string {
+	for _, n := range names {
+		if v := os.Getenv(n); v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// readSecretFile reads a secret kept in a file, trimmed.
+func readSecretFile(flag, path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", flag, err)
+	}
+	v := strings.TrimSpace(string(b))
+	if v == "" {
+		return "", fmt.Errorf("%s %s: the file is empty", flag, path)
+	}
+	return v, nil
+}
+
+// readSecrets fills the gossip key and API token from their files.
+func (c *agentConfig) readSecrets() error {
+	var errs []error
+	if c.GossipKeyFile != "" {
+		v, err := readSecretFile("--gossip-key-file", c.GossipKeyFile)
+		errs = append(errs, err)
+		c.GossipKey = v
+	}
+	if c.APITokenFile != "" {
+		v, err := readSecretFile("--api-token-file", c.APITokenFile)
+		errs = append(errs, err)
+		c.APIToken = v
+	}
+	return errors.Join(errs...)
+}
+
+// gossipKeyringFile is where the agent keeps its gossip keyring, rewritten
+// by every rotation.
+func (c *agentConfig) gossipKeyringFile() string {
+	return filepath.Join(c.DataDir, "gossip-keyring.json")
+}
+
+// checkGossipKey refuses clear gossip beyond loopback, unless the
+// operator asked for it.
+func (c *agentConfig) checkGossipKey() error {
+	if c.GossipKey != "" || c.Keyring != "" || c.InsecureGossip {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(c.Bind)
+	if err != nil || mesh.IsLoopbackHost(host) {
+		return nil
+	}
+	if _, err := os.Stat(c.gossipKeyringFile()); err == nil {
+		return nil // the keyring of an earlier run
+	}
+	return fmt.Errorf("--bind %s would gossip beyond this machine unencrypted: make a key with `shoal keygen > /etc/shoal/gossip.key` and pass --gossip-key-file /etc/shoal/gossip.key (or set SHOAL_GOSSIP_KEY) on every node, or say --insecure-gossip", c.Bind)
 }
 
 func parsePortRange(s string) (lo, hi int, err error) {

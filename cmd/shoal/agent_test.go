@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"github.com/shoal-run/shoal/gitsync/gittest"
 	"github.com/shoal-run/shoal/internal/ctrtest"
 	"github.com/shoal-run/shoal/mesh"
+	"github.com/shoal-run/shoal/runtime"
 )
 
 func freePort(t *testing.T) int {
@@ -28,6 +30,17 @@ func freePort(t *testing.T) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// cleanNetwork removes, after the test, the container network an agent
+// with cfg makes in the host's namespace.
+func cleanNetwork(t *testing.T, cfg agentConfig) {
+	t.Cleanup(func() {
+		nc := runtime.NetworkConfig{Bridge: cfg.Bridge, Subnet: cfg.ContainerSubnet}
+		if err := runtime.CleanNetwork(context.Background(), nc, filepath.Join(cfg.DataDir, "runtime")); err != nil {
+			t.Errorf("clean the container network: %v", err)
+		}
+	})
 }
 
 // runningAgent is an agent started in the test process.
@@ -119,7 +132,9 @@ func TestAgentOneNode(t *testing.T) {
 		DNS: "127.0.0.1:" + strconv.Itoa(freePort(t)), Ingress: "127.0.0.1",
 		ContainerdSocket: socket, ContainerdNamespace: "agent-one", PortRange: "22000-22999",
 		HandoffTimeout: 10 * time.Second, LogLevel: "info",
+		Network: runtime.NetworkBridge, Bridge: "shagent1", ContainerSubnet: "10.93.1.0/24",
 	}
+	cleanNetwork(t, cfg)
 	ra := startAgent(t, cfg)
 	waitUntil(t, 60*time.Second, "2 healthy web records", func() bool { return healthyRecords(ra.a, "web") == 2 })
 

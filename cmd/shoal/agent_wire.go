@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/shoal-run/shoal"
@@ -25,9 +27,16 @@ func (a *agent) build(ctx context.Context) error {
 	apiPort, _ := strconv.Atoi(apiPortStr)
 	bindHost, bindPortStr, _ := net.SplitHostPort(cfg.Bind)
 	bindPort, _ := strconv.Atoi(bindPortStr)
-	key, err := gossipKey(cfg)
+	keys, err := gossipKeys(cfg)
 	if err != nil {
 		return err
+	}
+	token, generated, err := loadAPIToken(cfg.APIToken, cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	if generated {
+		a.log.Info("api token generated; the CLI on this machine reads it from there", "file", filepath.Join(cfg.DataDir, apiTokenFile))
 	}
 
 	ingress := cfg.Ingress
@@ -69,7 +78,7 @@ func (a *agent) build(ctx context.Context) error {
 
 	m, err := mesh.New(mesh.Config{
 		NodeName: cfg.NodeName, BindAddr: bindHost, BindPort: bindPort,
-		AdvertiseAddr: a.addr, Join: cfg.Join, Key: key,
+		AdvertiseAddr: a.addr, Join: cfg.Join, Keys: keys, KeyringFile: cfg.gossipKeyringFile(), InsecureGossip: cfg.InsecureGossip,
 		CPU: cfg.CPU, Memory: cfg.Memory, Labels: cfg.Labels, APIPort: apiPort,
 		Logger: a.log.With("part", "mesh"), OnAnnounce: a.onAnnounce,
 	})
@@ -106,7 +115,8 @@ func (a *agent) build(ctx context.Context) error {
 	a.parts.runs = append(a.parts.runs, syncer.Run)
 	a.parts.closers = append(a.parts.closers, syncer.Close)
 
-	api := &apiServer{view: a, token: cfg.APIToken, metrics: metricsHandler(a.metricsSnapshot), jobs: a.jobsHandler(), log: a.log}
+	api := &apiServer{view: a, token: token, metrics: metricsHandler(a.metricsSnapshot), jobs: a, log: a.log,
+		self: cfg.NodeName, slotExists: a.slotExists, keyring: m}
 	if cfg.WebhookSecret != "" {
 		api.webhook = syncer.WebhookHandler(cfg.WebhookSecret)
 	}
@@ -130,7 +140,7 @@ func (a *agent) containerDNS(ingress string, records func() []shoal.Record, path
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		addr = net.JoinHostPort(addr, "53")
 	}
-	d := mesh.NewDNS(mesh.DNSConfig{Addr: addr, BalancerAddr: ingress, Upstreams: a.cfg.DNSUpstreams, Logger: a.log.With("part", "dns"), Services: a.serviceNames, Generation: func() uint64 { return a.mesh.Generation() }}, records)
+	d := mesh.NewDNS(mesh.DNSConfig{Addr: addr, BalancerAddr: ingress, Upstreams: a.cfg.DNSUpstreams, Logger: a.log.With("part", "dns"), Services: a.serviceNames, Generation: func() uint64 { return a.mesh.Generation() }, RateLimit: containerDNSRate, AllowedSources: a.dnsSources()}, records)
 	if err := d.Listen(); err != nil {
 		a.log.Warn("containers get the host's resolv.conf: cannot serve them DNS; free the port or set --container-dns", "addr", addr, "err", err)
 		host, err := os.ReadFile("/etc/resolv.conf")
@@ -151,6 +161,31 @@ func (a *agent) containerDNS(ingress string, records func() []shoal.Record, path
 	return nil
 }
 
+// dnsSources are who the containers' DNS answers: the containers on the
+// bridge, and this node itself (host-networked containers, the operator).
+// Anyone else gets REFUSED: it is no open resolver.
+func (a *agent) dnsSources() []netip.Prefix {
+	out := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	if p := a.rt.Subnet(); p.IsValid() {
+		out = append(out, p)
+	}
+	addrs, _ := net.InterfaceAddrs()
+	for _, ad := range addrs {
+		if ipn, ok := ad.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(ipn.IP); ok {
+				ip = ip.Unmap()
+				out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
+			}
+		}
+	}
+	return out
+}
+
+// containerDNSRate is the replies per second one source gets from the
+// containers' DNS (bursts of twice that): plenty for a container's
+// resolver, little for a reflection attack.
+const containerDNSRate = 200
+
 // serviceNames lists the services of the revision in force.
 func (a *agent) serviceNames() []string {
 	a.mu.Lock()
@@ -166,27 +201,58 @@ func (a *agent) serviceNames() []string {
 	return names
 }
 
-// gossipKey reads the Serf encryption key from --gossip-key or the first
-// (primary) key of a --keyring file.
-func gossipKey(cfg agentConfig) ([]byte, error) {
-	raw := cfg.GossipKey
+// slotExists says whether the revision in force has slot: a replica of a
+// service (up to its autoscaling maximum) or a run of a job.
+func (a *agent) slotExists(slot shoal.Slot) bool {
+	a.mu.Lock()
+	rev := a.rev
+	a.mu.Unlock()
+	if rev == nil || slot.Index < 0 {
+		return false
+	}
+	for _, s := range rev.Spec.Services {
+		if s.Name == slot.Service {
+			n := s.Replicas
+			if s.Scale != nil {
+				n = max(n, s.Scale.Max)
+			}
+			return slot.Index < n
+		}
+	}
+	for _, j := range rev.Spec.Jobs {
+		if j.Name == slot.Service {
+			return true // a run's index is its tick's Unix time
+		}
+	}
+	return false
+}
+
+// gossipKeys reads the Serf encryption keys, primary first, from
+// --gossip-key-file or --gossip-key (read into GossipKey by finish), or a
+// --keyring file. A keyring kept in --data-dir by an earlier run wins over
+// both (mesh.Config.KeyringFile): it has the keys of the last rotation.
+func gossipKeys(cfg agentConfig) ([][]byte, error) {
 	if cfg.Keyring != "" {
-		data, err := os.ReadFile(cfg.Keyring)
+		keys, err := mesh.ReadKeyringFile(cfg.Keyring)
 		if err != nil {
 			return nil, fmt.Errorf("--keyring: %w", err)
 		}
-		var keys []string
-		if err := json.Unmarshal(data, &keys); err != nil || len(keys) == 0 {
-			return nil, fmt.Errorf("--keyring %s: want a JSON list of base64 keys", cfg.Keyring)
-		}
-		raw = keys[0]
+		return keys, nil
 	}
-	if raw == "" {
+	if cfg.GossipKey == "" {
 		return nil, nil
 	}
-	key, err := base64.StdEncoding.DecodeString(raw)
+	key, err := decodeGossipKey(cfg.GossipKey)
+	if err != nil {
+		return nil, err
+	}
+	return [][]byte{key}, nil
+}
+
+func decodeGossipKey(s string) ([]byte, error) {
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
 	if err != nil || (len(key) != 16 && len(key) != 24 && len(key) != 32) {
-		return nil, fmt.Errorf("gossip key: want base64 of 16, 24 or 32 bytes (make one with: head -c32 /dev/urandom | base64)")
+		return nil, errors.New("gossip key: want base64 of 16, 24 or 32 bytes (make one with `shoal keygen`)")
 	}
 	return key, nil
 }

@@ -44,7 +44,7 @@ func newTestAPI(t *testing.T, token string) (*httptest.Server, *fixedView) {
 		logs:    map[string]string{"web/1": "hello from web 1\n"},
 	}
 	webhook := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusAccepted) })
-	srv := httptest.NewServer((&apiServer{view: v, token: token, webhook: webhook}).handler())
+	srv := httptest.NewServer((&apiServer{view: v, token: token, webhook: webhook, self: "n1", slotExists: replicas(map[string]int{"web": 2})}).handler())
 	t.Cleanup(srv.Close)
 	v.members = []memberView{{Name: "n1", Addr: "127.0.0.1", APIPort: portOf(t, srv.URL)}}
 	return srv, v
@@ -90,7 +90,20 @@ func TestAPIToken(t *testing.T) {
 	}
 }
 
+// replicas is slotExists for services with so many replicas each.
+func replicas(n map[string]int) func(shoal.Slot) bool {
+	return func(s shoal.Slot) bool { return s.Index >= 0 && s.Index < n[s.Service] }
+}
+
+// noLocalToken keeps the CLI from finding a token on this machine.
+func noLocalToken(t *testing.T) {
+	t.Setenv("SHOAL_TOKEN", "")
+	t.Setenv("SHOAL_API_TOKEN", "")
+	t.Setenv("SHOAL_DATA_DIR", t.TempDir())
+}
+
 func TestCLIAgainstAPI(t *testing.T) {
+	noLocalToken(t)
 	srv, _ := newTestAPI(t, "tok")
 	addr := strings.TrimPrefix(srv.URL, "http://")
 

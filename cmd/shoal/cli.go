@@ -9,12 +9,11 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
-
-	"github.com/shoal-run/shoal"
 )
 
 // defaultAgentAddr is where a local agent's API listens unless told otherwise.
@@ -22,9 +21,10 @@ const defaultAgentAddr = "127.0.0.1:7900"
 
 // clientFlags are the flags every command that talks to an agent shares.
 type clientFlags struct {
-	agent  string
-	token  string
-	output string
+	agent     string
+	token     string
+	tokenFile string
+	output    string
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet) {
@@ -33,15 +33,42 @@ func (c *clientFlags) register(fs *flag.FlagSet) {
 		addr = defaultAgentAddr
 	}
 	fs.StringVar(&c.agent, "agent", addr, "agent API address (or SHOAL_AGENT)")
-	fs.StringVar(&c.token, "token", os.Getenv("SHOAL_TOKEN"), "agent API token (or SHOAL_TOKEN)")
+	fs.StringVar(&c.token, "token", "", "agent API token (prefer SHOAL_TOKEN or --token-file, which ps does not show)")
+	fs.StringVar(&c.tokenFile, "token-file", "", "file holding the agent API token (default: SHOAL_TOKEN, else the local agent's "+defaultDataDir+"/"+apiTokenFile+", or under SHOAL_DATA_DIR)")
 	fs.StringVar(&c.output, "o", "text", "output format: text or json")
+}
+
+// resolveToken finds the API token: --token, --token-file, SHOAL_TOKEN
+// (or SHOAL_API_TOKEN), then the file the agent on this machine generated
+// in its data directory (SHOAL_DATA_DIR, default /var/lib/shoal). The
+// token only ever goes to the --agent address.
+func (c *clientFlags) resolveToken() error {
+	switch {
+	case c.token != "":
+		return nil
+	case c.tokenFile != "":
+		t, err := readSecretFile("--token-file", c.tokenFile)
+		c.token = t
+		return err
+	}
+	if c.token = firstEnv("SHOAL_TOKEN", "SHOAL_API_TOKEN"); c.token != "" {
+		return nil
+	}
+	dir := os.Getenv("SHOAL_DATA_DIR")
+	if dir == "" {
+		dir = defaultDataDir
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, apiTokenFile)); err == nil {
+		c.token = strings.TrimSpace(string(b))
+	}
+	return nil // none: the agent says 401, with what to do
 }
 
 func (c *clientFlags) check() error {
 	if c.output != "text" && c.output != "json" {
 		return fmt.Errorf("-o %q: want text or json", c.output)
 	}
-	return nil
+	return c.resolveToken()
 }
 
 func (c *clientFlags) client() *apiClient { return newAPIClient(c.agent, c.token) }
@@ -149,8 +176,10 @@ func runMembers(_ context.Context, args []string, stdout, stderr io.Writer) (int
 	return 0, tw.Flush()
 }
 
-// runLogs finds which node runs the slot from the fleet's records and reads
-// the log from that node's API.
+// runLogs reads a slot's output from the agent given by --agent; when
+// the slot runs on another node, that agent fetches it from its peer.
+// The CLI never sends its token anywhere else: a peer's address comes
+// from gossip.
 func runLogs(ctx context.Context, args []string, stdout, stderr io.Writer) (int, error) {
 	var cf clientFlags
 	fs := newFlagSet("logs", stderr)
@@ -172,46 +201,25 @@ func runLogs(ctx context.Context, args []string, stdout, stderr io.Writer) (int,
 	if svc == "" {
 		return 1, fmt.Errorf("want a service name: shoal logs SERVICE [--slot N] [-f]")
 	}
+	if err := cf.check(); err != nil {
+		return 1, err
+	}
 	if *run > 0 {
-		return jobLogs(ctx, cf, svc, *run, *follow, stdout)
-	}
-	c := cf.client()
-	var records []shoal.Record
-	if err := c.getJSON("/v1/records", &records); err != nil {
-		return 1, err
-	}
-	var members []memberView
-	if err := c.getJSON("/v1/members", &members); err != nil {
-		return 1, err
-	}
-	node := ""
-	for _, r := range records {
-		if r.Service == svc && r.Slot == *slot {
-			node = r.Node
-			break
-		}
-	}
-	if node == "" {
-		return 1, fmt.Errorf("no running instance of %s/%d in the fleet's records", svc, *slot)
-	}
-	target := c
-	for _, m := range members {
-		if m.Name == node && m.APIPort > 0 {
-			target = newAPIClient(joinHostPort(m.Addr, m.APIPort), cf.token)
-		}
+		return jobLogs(ctx, cf, svc, *run, *follow, stdout, stderr)
 	}
 	q := url.Values{"service": {svc}, "slot": {strconv.Itoa(*slot)}}
 	if *follow {
 		q.Set("follow", "1")
 	}
-	resp, err := target.get("/v1/logs?" + q.Encode())
+	resp, err := cf.client().get("/v1/logs?" + q.Encode())
 	if err != nil {
 		return 1, err
 	}
 	defer resp.Body.Close()
-	go func() { <-ctx.Done(); resp.Body.Close() }()
+	stop := context.AfterFunc(ctx, func() { resp.Body.Close() })
+	defer stop()
 	if _, err := io.Copy(stdout, resp.Body); err != nil && ctx.Err() == nil {
-		return 1, fmt.Errorf("read logs from %s: %w", node, err)
+		return 1, fmt.Errorf("read logs of %s/%d: %w", svc, *slot, err)
 	}
 	return 0, nil
 }

@@ -60,6 +60,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) (int, 
 		return 1, fmt.Errorf("start the fleet: %w", err)
 	}
 	defer func() {
+		tearingDown.Store(true)
+		defer tearingDown.Store(false)
 		fmt.Fprintln(stdout, "\nTearing down: agents, containers, containerd, namespaces…")
 		if err := f.Close(); err != nil {
 			fmt.Fprintf(stderr, "teardown: %v\n", err)
@@ -84,11 +86,13 @@ Talk to the fleet (token %s):
 
     SHOAL_TOKEN=%s shoal status --agent %s
     curl http://%s:8080/            # web, through node-1's balancer
+    curl http://%s/                 # billing: busybox httpd, on its port 80
+    redis-cli -h %s ping            # cache: redis-server, on its port 6379
     dig @%s -p 8600 web.service.shoal
 
 Agent logs: %s/node-*.log.  Ctrl-C stops everything.
 
-`, f.RepoURL, f.RepoDir, f.RepoDir, f.Token, f.Token, ns[0].API, ns[0].Addr, ns[0].Addr, *dir)
+`, f.RepoURL, f.RepoDir, f.RepoDir, f.Token, f.Token, ns[0].API, ns[0].Addr, ns[0].Addr, ns[0].Addr, ns[0].Addr, *dir)
 
 	// Show convergence as it happens: print the fleet whenever it changes.
 	client := newAPIClient(ns[0].API, f.Token)

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -19,11 +21,15 @@ import (
 )
 
 // jobsView is GET /v1/jobs: the jobs of the revision in force, the runs in
-// progress fleet-wide (from run records), and this node's history.
+// progress fleet-wide (from run records), and the history: fleet-wide as
+// the agent asked gathers it from its peers, or one node's (hop=1).
 type jobsView struct {
 	Node    string    `json:"node"`
 	Jobs    []jobView `json:"jobs"`
 	History []jobRun  `json:"history"`
+	// Unreachable are the alive members whose history could not be read,
+	// with why: the history shown lacks their runs.
+	Unreachable map[string]string `json:"unreachable,omitempty"`
 }
 
 type jobView struct {
@@ -50,8 +56,19 @@ type triggered struct {
 
 var errNoJob = errors.New("no such job in the revision in force")
 
-// jobsView implements GET /v1/jobs.
-func (a *agent) jobsView(name string, now time.Time) jobsView {
+// jobsBackend is what the API reads of the cron jobs and asks of them; the
+// agent implements it. Reaching peers is the API's part (apiServer.hop).
+type jobsBackend interface {
+	// JobsView is the jobs named (all for ""), with this node's history.
+	JobsView(name string, now time.Time) jobsView
+	// Runner is the node that takes a manual run of name at tick.
+	Runner(name string, tick time.Time) (string, error)
+	// Trigger queues a run of name at tick on this node.
+	Trigger(name string, tick time.Time) (triggered, error)
+}
+
+// JobsView implements jobsBackend.
+func (a *agent) JobsView(name string, now time.Time) jobsView {
 	a.mu.Lock()
 	rev := a.rev
 	v := jobsView{Node: a.cfg.NodeName, Jobs: []jobView{}, History: a.jobs.history(name)}
@@ -81,45 +98,37 @@ func (a *agent) jobsView(name string, now time.Time) jobsView {
 	return v
 }
 
-// trigger implements POST /v1/jobs/run: the run goes to the first live
-// node in rank for (job, tick), as a scheduled tick would; this node
-// forwards the request there, or queues it for its next step.
-func (a *agent) trigger(name string, tick time.Time, here bool) (triggered, error) {
+// Runner implements jobsBackend: a manual run goes to the first live node
+// in rank for (job, tick), as a scheduled tick would.
+func (a *agent) Runner(name string, tick time.Time) (string, error) {
+	a.mu.Lock()
+	rev := a.rev
+	a.mu.Unlock()
+	if rev == nil || rev.Spec.Job(name) == nil {
+		return "", fmt.Errorf("%s: %w", name, errNoJob)
+	}
+	var live []shoal.Node
+	for _, m := range a.mesh.Members() {
+		if m.Status == "alive" {
+			live = append(live, m.Node)
+		}
+	}
+	rank := placement.RunnerRank(rev.Spec.Job(name), runTick(tick), live)
+	if len(rank) == 0 {
+		return "", fmt.Errorf("%s: no live node matches its constraints", name)
+	}
+	return rank[0], nil
+}
+
+// Trigger implements jobsBackend: the run is queued for the next step.
+func (a *agent) Trigger(name string, tick time.Time) (triggered, error) {
 	a.mu.Lock()
 	rev := a.rev
 	a.mu.Unlock()
 	if rev == nil || rev.Spec.Job(name) == nil {
 		return triggered{}, fmt.Errorf("%s: %w", name, errNoJob)
 	}
-	t := triggered{Job: name, Tick: tick.Truncate(time.Second).UTC(), Node: a.cfg.NodeName}
-	if !here {
-		members := a.mesh.Members()
-		var live []shoal.Node
-		for _, m := range members {
-			if m.Status == "alive" {
-				live = append(live, m.Node)
-			}
-		}
-		rank := placement.RunnerRank(rev.Spec.Job(name), t.Tick, live)
-		if len(rank) == 0 {
-			return t, fmt.Errorf("%s: no live node matches its constraints", name)
-		}
-		t.Node = rank[0]
-		if t.Node != a.cfg.NodeName {
-			for _, m := range members {
-				if m.Node.Name == t.Node && m.APIPort > 0 {
-					c := newAPIClient(joinHostPort(m.Addr, m.APIPort), a.cfg.APIToken)
-					var got triggered
-					err := c.postJSON("/v1/jobs/run?"+url.Values{"job": {name}, "tick": {strconv.FormatInt(t.Tick.Unix(), 10)}, "here": {"1"}}.Encode(), &got)
-					if err != nil {
-						return t, fmt.Errorf("hand the run to %s: %w", t.Node, err)
-					}
-					return got, nil
-				}
-			}
-			return t, fmt.Errorf("hand the run to %s: its API address is unknown", t.Node)
-		}
-	}
+	t := triggered{Job: name, Tick: runTick(tick), Node: a.cfg.NodeName}
 	a.mu.Lock()
 	a.jobs.triggers = append(a.jobs.triggers, node.Trigger{Job: name, Tick: t.Tick})
 	a.mu.Unlock()
@@ -127,89 +136,162 @@ func (a *agent) trigger(name string, tick time.Time, here bool) (triggered, erro
 	return t, nil
 }
 
-// jobsHandler serves /v1/jobs and /v1/jobs/run.
-func (a *agent) jobsHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, a.jobsView(r.URL.Query().Get("job"), time.Now()))
-	})
-	mux.HandleFunc("POST /v1/jobs/run", func(w http.ResponseWriter, r *http.Request) {
-		q := r.URL.Query()
-		tick := time.Now()
-		if s := q.Get("tick"); s != "" {
-			n, err := strconv.ParseInt(s, 10, 64)
-			if err != nil || n <= 0 {
-				http.Error(w, "tick: want a Unix time", http.StatusBadRequest)
-				return
-			}
-			tick = time.Unix(n, 0)
-		}
-		t, err := a.trigger(q.Get("job"), tick, q.Get("here") == "1")
-		switch {
-		case errors.Is(err, errNoJob):
-			http.Error(w, err.Error(), http.StatusNotFound)
-		case err != nil:
-			http.Error(w, err.Error(), http.StatusBadGateway)
-		default:
-			writeJSON(w, t)
-		}
-	})
-	return mux
+// runTick is a manual run's tick: whole seconds, as its slot index is.
+func runTick(t time.Time) time.Time { return t.Truncate(time.Second).UTC() }
+
+// maxPeerJobsBytes bounds a peer's answer to /v1/jobs.
+const maxPeerJobsBytes = 16 << 20
+
+// serveJobs is GET /v1/jobs[?job=NAME]: the jobs, and the history of
+// every alive member, which this agent asks for itself (hop), so the CLI
+// talks to one agent only. With hop=1, this node's history alone.
+func (a *apiServer) serveJobs(w http.ResponseWriter, r *http.Request) {
+	name := r.URL.Query().Get("job")
+	v := a.jobs.JobsView(name, time.Now())
+	if r.URL.Query().Get("hop") != "1" {
+		a.gatherJobs(r.Context(), &v, name)
+	}
+	sortRuns(v.History)
+	writeJSON(w, v)
 }
 
-func (c *apiClient) postJSON(path string, out any) error {
-	req, err := http.NewRequest(http.MethodPost, c.base+path, nil)
+// gatherJobs adds every other alive member's history to v, asked at once.
+// A member speaks for its own runs only; one that does not answer is
+// named in v.Unreachable.
+func (a *apiServer) gatherJobs(ctx context.Context, v *jobsView, name string) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	q := url.Values{}
+	if name != "" {
+		q.Set("job", name)
+	}
+	type answer struct {
+		node string
+		runs []jobRun
+		err  error
+	}
+	answers := make(chan answer)
+	n := 0
+	for _, m := range a.view.Members() {
+		if m.Name == a.self || m.Status != "alive" || m.APIPort == 0 {
+			continue
+		}
+		n++
+		go func() {
+			var peer jobsView
+			err := a.hopJSON(ctx, http.MethodGet, m, "/v1/jobs", maps.Clone(q), maxPeerJobsBytes, &peer)
+			answers <- answer{m.Name, peer.History, err}
+		}()
+	}
+	for range n {
+		ans := <-answers
+		if ans.err != nil {
+			if v.Unreachable == nil {
+				v.Unreachable = map[string]string{}
+			}
+			v.Unreachable[ans.node] = ans.err.Error()
+			continue
+		}
+		for _, run := range ans.runs {
+			if run.Node == ans.node {
+				v.History = append(v.History, run)
+			}
+		}
+	}
+}
+
+// hopJSON makes a hop request of a peer and decodes its JSON answer.
+func (a *apiServer) hopJSON(ctx context.Context, method string, node memberView, path string, q url.Values, limit int64, out any) error {
+	resp, err := a.hop(ctx, method, node, path, q)
 	if err != nil {
 		return err
-	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("agent %s: %w", c.base, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("agent %s: POST %s: %s: %s", c.base, path, resp.Status, strings.TrimSpace(string(msg)))
+		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(msg)))
 	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("agent %s: decode %s: %w", c.base, path, err)
+	if err := json.NewDecoder(io.LimitReader(resp.Body, limit)).Decode(out); err != nil {
+		return fmt.Errorf("%s %s: decode: %w", method, path, err)
 	}
 	return nil
+}
+
+// serveJobRun is POST /v1/jobs/run?job=NAME[&tick=UNIX]: one run now, on
+// the node the rule picks; this agent hands it there (hop), or queues it
+// when that is this node. With hop=1, the run is this node's.
+func (a *apiServer) serveJobRun(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	name := q.Get("job")
+	tick := time.Now()
+	if s := q.Get("tick"); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n <= 0 {
+			http.Error(w, "tick: want a Unix time", http.StatusBadRequest)
+			return
+		}
+		tick = time.Unix(n, 0)
+	}
+	tick = runTick(tick)
+	node := a.self
+	if q.Get("hop") != "1" {
+		var err error
+		if node, err = a.jobs.Runner(name, tick); err != nil {
+			jobError(w, err)
+			return
+		}
+	}
+	if node == a.self {
+		t, err := a.jobs.Trigger(name, tick)
+		if err != nil {
+			jobError(w, err)
+			return
+		}
+		writeJSON(w, t)
+		return
+	}
+	m, ok := a.member(node)
+	if !ok {
+		http.Error(w, fmt.Sprintf("hand the run to %s: it is not an alive member with an API", node), http.StatusBadGateway)
+		return
+	}
+	var t triggered
+	fwd := url.Values{"job": {name}, "tick": {strconv.FormatInt(tick.Unix(), 10)}}
+	if err := a.hopJSON(r.Context(), http.MethodPost, m, "/v1/jobs/run", fwd, 1<<20, &t); err != nil {
+		http.Error(w, fmt.Sprintf("hand the run to %s: %v", node, err), http.StatusBadGateway)
+		return
+	}
+	writeJSON(w, t)
+}
+
+func jobError(w http.ResponseWriter, err error) {
+	if errors.Is(err, errNoJob) {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	}
+	http.Error(w, err.Error(), http.StatusBadGateway)
 }
 
 func init() {
 	register(command{name: "jobs", usage: "cron jobs and their runs fleet-wide: shoal jobs [NAME] | shoal jobs run NAME", run: runJobs})
 }
 
-// fleetJobs reads the jobs from one agent and every live member's history.
-func fleetJobs(cf clientFlags, name string) (jobsView, error) {
-	c := cf.client()
+// fleetJobs reads the jobs and the fleet's history from the agent given
+// by --agent, which gathers it from its peers: the CLI's token goes
+// nowhere else.
+func fleetJobs(cf clientFlags, name string, stderr io.Writer) (jobsView, error) {
 	q := ""
 	if name != "" {
 		q = "?" + url.Values{"job": {name}}.Encode()
 	}
 	var v jobsView
-	if err := c.getJSON("/v1/jobs"+q, &v); err != nil {
+	if err := cf.client().getJSON("/v1/jobs"+q, &v); err != nil {
 		return v, err
 	}
-	var members []memberView
-	if err := c.getJSON("/v1/members", &members); err != nil {
-		return v, err
+	nodes := slices.Sorted(maps.Keys(v.Unreachable))
+	for _, n := range nodes {
+		fmt.Fprintf(stderr, "warning: the history lacks %s's runs: %s\n", n, v.Unreachable[n])
 	}
-	for _, m := range members {
-		if m.Name == v.Node || m.Status != "alive" || m.APIPort == 0 {
-			continue
-		}
-		var peer jobsView
-		if err := newAPIClient(joinHostPort(m.Addr, m.APIPort), cf.token).getJSON("/v1/jobs"+q, &peer); err != nil {
-			return v, fmt.Errorf("history of %s: %w", m.Name, err)
-		}
-		v.History = append(v.History, peer.History...)
-	}
-	sortRuns(v.History)
 	return v, nil
 }
 
@@ -234,7 +316,12 @@ func runJobs(ctx context.Context, args []string, stdout, stderr io.Writer) (int,
 			return 1, fmt.Errorf("want a job name: shoal jobs run NAME")
 		}
 		var t triggered
-		if err := cf.client().postJSON("/v1/jobs/run?"+url.Values{"job": {pos[1]}}.Encode(), &t); err != nil {
+		path := "/v1/jobs/run?" + url.Values{"job": {pos[1]}}.Encode()
+		code, err := cf.client().postJSON(path, nil, &t)
+		if err == nil && code != http.StatusOK {
+			err = fmt.Errorf("agent %s: POST %s: status %d", cf.agent, path, code)
+		}
+		if err != nil {
 			return 1, err
 		}
 		fmt.Fprintf(stdout, "%s: run %d starts on %s\n", t.Job, t.Tick.Unix(), t.Node)
@@ -244,11 +331,11 @@ func runJobs(ctx context.Context, args []string, stdout, stderr io.Writer) (int,
 	if len(pos) > 0 {
 		name = pos[0]
 	}
-	v, err := fleetJobs(cf, name)
+	v, err := fleetJobs(cf, name, stderr)
 	if err != nil {
 		return 1, err
 	}
-	if *asJSON {
+	if *asJSON || cf.output == "json" {
 		return 0, printJSON(stdout, v)
 	}
 	printJobs(stdout, v, name)
@@ -294,9 +381,10 @@ func printJobs(w io.Writer, v jobsView, name string) {
 
 // jobLogs prints a job run's output: run is the run's number in `shoal
 // jobs NAME` (its tick's Unix time), or 1 for the latest, 2 for the one
-// before, and so on.
-func jobLogs(ctx context.Context, cf clientFlags, job string, run int64, follow bool, stdout io.Writer) (int, error) {
-	v, err := fleetJobs(cf, job)
+// before, and so on. The agent given by --agent finds the run in the
+// fleet's history and fetches its output from the node that ran it.
+func jobLogs(ctx context.Context, cf clientFlags, job string, run int64, follow bool, stdout, stderr io.Writer) (int, error) {
+	v, err := fleetJobs(cf, job, stderr)
 	if err != nil {
 		return 1, err
 	}
@@ -316,26 +404,17 @@ func jobLogs(ctx context.Context, cf clientFlags, job string, run int64, follow 
 	if pick == nil {
 		return 1, fmt.Errorf("no run %d of %s in the fleet's history (see shoal jobs %s)", run, job, job)
 	}
-	var members []memberView
-	if err := cf.client().getJSON("/v1/members", &members); err != nil {
-		return 1, err
-	}
-	target := cf.client()
-	for _, m := range members {
-		if m.Name == pick.Node && m.APIPort > 0 {
-			target = newAPIClient(joinHostPort(m.Addr, m.APIPort), cf.token)
-		}
-	}
-	q := url.Values{"service": {job}, "slot": {strconv.FormatInt(pick.Run, 10)}}
+	q := url.Values{"service": {job}, "slot": {strconv.FormatInt(pick.Run, 10)}, "node": {pick.Node}}
 	if follow {
 		q.Set("follow", "1")
 	}
-	resp, err := target.get("/v1/logs?" + q.Encode())
+	resp, err := cf.client().get("/v1/logs?" + q.Encode())
 	if err != nil {
 		return 1, err
 	}
 	defer resp.Body.Close()
-	go func() { <-ctx.Done(); resp.Body.Close() }()
+	stop := context.AfterFunc(ctx, func() { resp.Body.Close() })
+	defer stop()
 	if _, err := io.Copy(stdout, resp.Body); err != nil && ctx.Err() == nil {
 		return 1, fmt.Errorf("read logs of %s run %d from %s: %w", job, pick.Run, pick.Node, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -51,6 +52,10 @@ func main() {
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// tearingDown is set while a command removes what it started: a second
+// signal then waits for a third before it forces exit.
+var tearingDown atomic.Bool
+
 // signalContext is cancelled on the first SIGINT/SIGTERM; a second one
 // forces exit, so a stuck shutdown never traps the user.
 func signalContext() (context.Context, func()) {
@@ -65,6 +70,12 @@ func signalContext() (context.Context, func()) {
 			return
 		}
 		<-ch
+		if tearingDown.Load() {
+			// What is torn down now (shoal dev's containers, containerd,
+			// namespaces) would stay behind: finish it unless told again.
+			fmt.Fprintln(os.Stderr, "shoal: still cleaning up so that nothing is left running; a third signal exits now and leaves it behind")
+			<-ch
+		}
 		fmt.Fprintln(os.Stderr, "shoal: second signal, exiting now")
 		os.Exit(130)
 	}()

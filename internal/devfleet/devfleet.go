@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -317,7 +318,9 @@ func (f *Fleet) serveRepo() error {
 }
 
 // rewriteImages points registry.example.com/NAME:TAG at the local
-// registry, pushing the test app under that name.
+// registry, pushing under that name an image of real software where the
+// name says which (redis, httpd: packed from this machine's Debian
+// packages), and the test app otherwise.
 func (f *Fleet) rewriteImages(text string) string {
 	const example = "registry.example.com/"
 	for {
@@ -330,11 +333,31 @@ func (f *Fleet) rewriteImages(text string) string {
 			end++
 		}
 		repoTag := text[i+len(example) : end]
-		if _, err := f.registry.Push(repoTag, f.image); err != nil {
+		if _, err := f.registry.Push(repoTag, f.imageFor(repoTag)); err != nil {
 			f.log.Warn("push example image", "image", repoTag, "err", err)
 		}
 		text = text[:i] + f.Registry + "/" + repoTag + text[end:]
 	}
+}
+
+// imageFor is the image pushed as repoTag.
+func (f *Fleet) imageFor(repoTag string) v1.Image {
+	name, _, _ := strings.Cut(repoTag, ":")
+	var img v1.Image
+	var err error
+	switch path.Base(name) {
+	case "redis":
+		img, err = imagebuild.Redis()
+	case "httpd":
+		img, err = imagebuild.BusyboxHTTPD("<h1>Served by busybox httpd, on a Shoal fleet</h1>\n")
+	default:
+		return f.image
+	}
+	if err != nil {
+		f.log.Warn("pack image; the test app stands in", "image", repoTag, "err", err)
+		return f.image
+	}
+	return img
 }
 
 // makeSigner makes the fleet's OpenPGP commit key and writes its public
@@ -360,6 +383,12 @@ func (f *Fleet) makeSigner() error {
 // Commit writes files (slash paths; empty content deletes) into the
 // repository and commits them, signed when the fleet signs. It returns the
 // commit hash.
+// Push stores an image in the fleet's registry as repoTag and returns the
+// reference agents pull it by.
+func (f *Fleet) Push(repoTag string, img v1.Image) (string, error) {
+	return f.registry.Push(repoTag, img)
+}
+
 func (f *Fleet) Commit(msg string, files map[string]string) (string, error) {
 	return f.commit(msg, files, f.signer)
 }
@@ -437,6 +466,12 @@ func (f *Fleet) StartAgent(i int) error {
 	if f.keyring != "" {
 		args = append(args, "--trusted-keys", f.keyring)
 	}
+	if f.loopback() {
+		// One network namespace for every agent: each needs a bridge
+		// and a subnet of its own.
+		net := f.nodeNetwork(i)
+		args = append(args, "--bridge", net.Bridge, "--container-subnet", net.Subnet)
+	}
 	args = append(args, f.cfg.ExtraAgentArgs...)
 	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -456,6 +491,18 @@ func (f *Fleet) StartAgent(i int) error {
 	f.mu.Unlock()
 	f.log.Info("agent started", "node", n.Name, "addr", n.Addr, "pid", cmd.Process.Pid, "log", n.logPath)
 	return nil
+}
+
+// loopback reports whether the agents share the host's network namespace.
+func (f *Fleet) loopback() bool {
+	_, ok := f.net.(*loopback)
+	return ok
+}
+
+// nodeNetwork is node i's container network when agents share a
+// namespace: a bridge and a /24 of its own.
+func (f *Fleet) nodeNetwork(i int) runtime.NetworkConfig {
+	return runtime.NetworkConfig{Bridge: fmt.Sprintf("%s%d", f.cfg.Prefix, i+1), Subnet: fmt.Sprintf("10.89.%d.0/24", 100+i)}
 }
 
 // joinList is every node's gossip address: an agent that restarts rejoins
@@ -637,9 +684,16 @@ func (f *Fleet) Close() error {
 	}
 	wg.Wait()
 	if f.daemon != nil {
-		for i := range f.nodes {
+		for i, n := range f.nodes {
 			if err := f.RemoveContainers(context.Background(), i); err != nil {
 				errs = append(errs, err)
+			}
+			// Namespaced nodes take their bridges and rules with them;
+			// on loopback they are the host's, and go now.
+			if f.loopback() {
+				if err := runtime.CleanNetwork(context.Background(), f.nodeNetwork(i), filepath.Join(n.dataDir, "runtime")); err != nil {
+					errs = append(errs, fmt.Errorf("network of node %d: %w", i+1, err))
+				}
 			}
 		}
 		sock := f.daemon.Socket

@@ -10,8 +10,9 @@
 // resolves NAME through the container's resolv.conf, one address a line.
 // GET /dial?addr=HOST:PORT&send=TEXT connects from inside the container,
 // sends TEXT (\r\n for line ends) and answers what came back within a
-// second: tests use it to reach other services, and to prove what a
-// container cannot reach (502 with the error).
+// second (until the answer holds &until=TEXT, if given): tests use it to
+// reach other services, and to prove what a container cannot reach (502
+// with the error).
 //
 // With no PORT (a cron job has no ports) it runs as a batch task: prints
 // its message and arguments, sleeps SLEEP (e.g. "30s") when set, and exits
@@ -99,9 +100,18 @@ func main() {
 				return
 			}
 		}
+		// Read until the answer holds `until`, or once without it.
+		until := q.Get("until")
+		var got []byte
 		buf := make([]byte, 4096)
-		n, _ := conn.Read(buf)
-		w.Write(buf[:n])
+		for {
+			n, err := conn.Read(buf)
+			got = append(got, buf[:n]...)
+			if err != nil || until == "" || strings.Contains(string(got), until) || len(got) > 1<<16 {
+				break
+			}
+		}
+		w.Write(got)
 	})
 	mux.HandleFunc("POST /log", func(w http.ResponseWriter, r *http.Request) {
 		// Write about n bytes of output, for log rotation tests.
