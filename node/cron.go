@@ -115,7 +115,10 @@ type CronInput struct {
 	// container is gone were lost with the node.
 	Since time.Time
 	Self  string
-	Spec  *shoal.Spec
+	// Addr is this node's advertised address. Its run records carry it:
+	// the mesh believes a node's records only at the node's own address.
+	Addr string
+	Spec *shoal.Spec
 	// Members is every known member; Used is what the placed services
 	// reserve on each node, so a run goes where it fits beside them.
 	Members   []Member
@@ -326,11 +329,11 @@ func StepCron(st Cron, in CronInput) (Cron, CronOutput) {
 		if r.Manual {
 			kind = KindManual
 		}
-		out.Records = append(out.Records, runRecord(in.Self, r.Job, r.Tick, kind))
+		out.Records = append(out.Records, runRecord(in.Self, in.Addr, r.Job, r.Tick, kind))
 	}
 	for name, t := range st.Last {
 		if in.Spec.Job(name) != nil && !t.IsZero() {
-			out.Records = append(out.Records, runRecord(in.Self, name, t, KindDone))
+			out.Records = append(out.Records, runRecord(in.Self, in.Addr, name, t, KindDone))
 		}
 	}
 	shoal.SortRecords(out.Records)

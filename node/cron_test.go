@@ -481,9 +481,12 @@ func TestCronNoNodeWithRoom(t *testing.T) {
 func TestRunRecordsRoundTrip(t *testing.T) {
 	tick := utc("2026-03-01 10:01:00")
 	_, out := node.StepCron(node.Cron{Last: map[string]time.Time{"tick": tick}}, node.CronInput{
-		Now: tick, Since: tick, Self: "n1", Spec: &shoal.Spec{Jobs: []shoal.Job{every("1m")}}})
+		Now: tick, Since: tick, Self: "n1", Addr: "10.0.0.1", Spec: &shoal.Spec{Jobs: []shoal.Job{every("1m")}}})
 	if len(out.Records) != 1 {
 		t.Fatalf("records %+v", out.Records)
+	}
+	if a := out.Records[0].Addr; a != "10.0.0.1" {
+		t.Fatalf("run record at %q, want the node's address (the mesh drops it otherwise)", a)
 	}
 	r, ok := node.ParseRunRecord(out.Records[0])
 	if !ok || r.Job != "tick" || !r.Tick.Equal(tick) || r.Kind != node.KindDone || r.Node != "n1" {

@@ -9,7 +9,9 @@ import (
 
 // A job run travels through the fleet as a shoal.Record with no port: the
 // job's name as Service, the tick's Unix time as Slot, and one of these
-// kinds as PortName. DNS and the balancer use healthy records only, and a
+// kinds as PortName; its Addr is the node's, like its service records',
+// or peers drop it (the mesh believes a node's records only at the node's
+// own address). DNS and the balancer use healthy records only, and a
 // run record is never healthy, so nothing routes to it.
 const (
 	// KindRunning: the node runs (or is starting) this tick's run.
@@ -48,6 +50,6 @@ func ParseRunRecord(r shoal.Record) (RunRecord, bool) {
 	return RunRecord{Job: r.Service, Tick: time.Unix(int64(r.Slot), 0).UTC(), Node: r.Node, Kind: r.PortName}, true
 }
 
-func runRecord(self string, job string, tick time.Time, kind string) shoal.Record {
-	return shoal.Record{Service: job, Slot: int(tick.Unix()), Node: self, PortName: kind}
+func runRecord(self, addr, job string, tick time.Time, kind string) shoal.Record {
+	return shoal.Record{Service: job, Slot: int(tick.Unix()), Node: self, Addr: addr, PortName: kind}
 }

@@ -62,6 +62,7 @@ func (r jobRun) outcome() string {
 // called with the agent's lock held.
 type jobState struct {
 	self   string
+	addr   string // this node's advertised address, which run records carry
 	dir    string // history files
 	logDir string // the runtime's log files
 	log    *slog.Logger
@@ -75,9 +76,9 @@ type jobState struct {
 	outcomes map[[2]string]float64 // (job, outcome) → runs since the agent started
 }
 
-func newJobState(self, dataDir string, log *slog.Logger, since time.Time) jobState {
+func newJobState(self, addr, dataDir string, log *slog.Logger, since time.Time) jobState {
 	return jobState{
-		self: self, dir: filepath.Join(dataDir, "jobs"), logDir: filepath.Join(dataDir, "runtime", "logs"),
+		self: self, addr: addr, dir: filepath.Join(dataDir, "jobs"), logDir: filepath.Join(dataDir, "runtime", "logs"),
 		log: log, since: since, hist: map[string][]jobRun{}, outcomes: map[[2]string]float64{},
 	}
 }
@@ -132,7 +133,7 @@ func (j *jobState) due(spec *shoal.Spec, members []mesh.Member, plan *placement.
 			j.log.Warn("job history", "err", err)
 		}
 	}
-	in := node.CronInput{Now: now, Since: j.since, Self: j.self, Spec: spec, Records: records, Instances: instances, Triggers: j.triggers, Used: usedBy(spec, plan)}
+	in := node.CronInput{Now: now, Since: j.since, Self: j.self, Addr: j.addr, Spec: spec, Records: records, Instances: instances, Triggers: j.triggers, Used: usedBy(spec, plan)}
 	for _, m := range members {
 		in.Members = append(in.Members, node.Member{Node: m.Node, Status: m.Status})
 	}

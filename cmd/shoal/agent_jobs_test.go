@@ -19,7 +19,7 @@ import (
 func TestJobHistoryBoundedAndReloaded(t *testing.T) {
 	dir := t.TempDir()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	j := newJobState("n1", dir, log, time.Now())
+	j := newJobState("n1", "10.0.0.1", dir, log, time.Now())
 	if err := j.load(); err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +53,7 @@ func TestJobHistoryBoundedAndReloaded(t *testing.T) {
 		t.Fatalf("the oldest run's log is still there: %v", err)
 	}
 
-	j2 := newJobState("n1", dir, log, time.Now())
+	j2 := newJobState("n1", "10.0.0.1", dir, log, time.Now())
 	if err := j2.load(); err != nil {
 		t.Fatal(err)
 	}

@@ -85,12 +85,12 @@ func newAgent(ctx context.Context, cfg agentConfig, log *slog.Logger) (*agent, e
 	}
 	a := &agent{cfg: cfg, log: log, poke: make(chan struct{}, 1), held: map[shoal.Slot]time.Time{}, startedAt: time.Now(),
 		scaler: autoscaler{downDelay: cfg.ScaleDownDelay}}
-	a.jobs = newJobState(cfg.NodeName, cfg.DataDir, log, a.startedAt)
 	addr, err := advertiseAddr(cfg)
 	if err != nil {
 		return nil, err
 	}
 	a.addr = addr
+	a.jobs = newJobState(cfg.NodeName, addr, cfg.DataDir, log, a.startedAt)
 	return a, a.build(ctx)
 }
 
