@@ -921,6 +921,7 @@ func (r *Runtime) publish(ctx context.Context, desired []Desired) error {
 		case ct.status != containerd.Running:
 			in.State = shoal.StateExited
 			in.LastError = fmt.Sprintf("exited with code %d", ct.exit)
+			in.ExitCode, in.ExitedAt = int(ct.exit), ct.exitedAt
 		case hs != nil && hs.state.Unhealthy:
 			in.State = shoal.StateUnhealthy
 		case checked && (hs == nil || !hs.state.Healthy):
