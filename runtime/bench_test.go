@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -381,7 +382,9 @@ func BenchmarkBalancerBackends(b *testing.B) {
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
-			recs := shoal.RecordsFor("n1", "127.0.0.1", rt.Instances())
+			// Peers reach host ports at the node's address, not loopback
+			// (which takes the kernel's slower route_localnet path).
+			recs := shoal.RecordsFor("n1", nodeAddr(b), rt.Instances())
 			lb := mesh.NewBalancer(mesh.BalancerConfig{ListenHost: "127.0.0.1", LocalNode: c.local, Loops: 1,
 				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, func() []shoal.Record { return recs })
 			defer lb.Close()
@@ -427,4 +430,19 @@ func BenchmarkBalancerBackends(b *testing.B) {
 			}
 		})
 	}
+}
+
+// nodeAddr is this machine's first non-loopback IPv4 address.
+func nodeAddr(b *testing.B) string {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil && !strings.HasPrefix(ipn.IP.String(), "10.94.") {
+			return ipn.IP.String()
+		}
+	}
+	b.Fatal("no non-loopback IPv4 address")
+	return ""
 }

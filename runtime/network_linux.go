@@ -18,10 +18,10 @@ import (
 	"syscall"
 
 	"github.com/containernetworking/cni/libcni"
-	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/coreos/go-iptables/iptables"
 	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
 )
 
 // network attaches containers to the node's bridge with CNI and keeps the
@@ -258,7 +258,7 @@ func (n *network) runtimeConf(id, netns string, maps []portMapping) *libcni.Runt
 // attach puts the network namespace of a created task (its init process
 // pid) on the bridge and maps its host ports; it returns the address.
 func (n *network) attach(ctx context.Context, id string, pid uint32, maps []portMapping) (netip.Addr, error) {
-	unlock := lockCNI()
+	unlock := lockCNI(syscall.LOCK_SH)
 	defer unlock()
 	netns := fmt.Sprintf("/proc/%d/ns/net", pid)
 	// A leftover attachment of the same container (an earlier task of a
@@ -266,8 +266,7 @@ func (n *network) attach(ctx context.Context, id string, pid uint32, maps []port
 	if _, err := n.cni.GetNetworkListCachedResult(n.list, n.runtimeConf(id, "", nil)); err == nil {
 		n.del(ctx, id, maps)
 	}
-	lo := &libcni.PluginConfig{Network: &types.PluginConf{CNIVersion: "1.0.0", Name: "lo", Type: "loopback"}, Bytes: []byte(`{"cniVersion":"1.0.0","name":"lo","type":"loopback"}`)}
-	if _, err := n.cni.AddNetwork(ctx, lo, &libcni.RuntimeConf{ContainerID: id, NetNS: netns, IfName: "lo"}); err != nil {
+	if err := loopbackUp(netns); err != nil {
 		return netip.Addr{}, fmt.Errorf("loopback of %s: %w", id, err)
 	}
 	res, err := n.cni.AddNetworkList(ctx, n.list, n.runtimeConf(id, netns, maps))
@@ -291,7 +290,7 @@ func (n *network) attach(ctx context.Context, id string, pid uint32, maps []port
 // namespace may be gone already (its process exited): DEL still works
 // from the cached configuration.
 func (n *network) detach(ctx context.Context, id string, maps []portMapping) error {
-	unlock := lockCNI()
+	unlock := lockCNI(syscall.LOCK_SH)
 	defer unlock()
 	return n.del(ctx, id, maps)
 }
@@ -332,7 +331,7 @@ func (n *network) collect(ctx context.Context, live map[string]bool) {
 // remove deletes the bridge and every rule of this network; for a node
 // that is drained for good, and for tests.
 func (n *network) remove() error {
-	unlock := lockCNI()
+	unlock := lockCNI(syscall.LOCK_EX)
 	defer unlock()
 	var errs []error
 	in, fwd := inputChain(n.cfg.Bridge), forwardChain(n.cfg.Bridge)
@@ -377,17 +376,39 @@ func removePortmapChains(ipt *iptables.IPTables) {
 	}
 }
 
-// lockCNI serializes this machine's Shoal processes around CNI calls and
-// the clean-up of portmap's shared chains, so one agent (or test) never
-// deletes those chains while another's plugin is filling them.
-func lockCNI() (unlock func()) {
+// lockCNI keeps the clean-up of portmap's shared chains (exclusive) apart
+// from every CNI call of this machine's Shoal processes (shared), so one
+// agent (or test) never deletes those chains while another's plugin is
+// filling them. Calls for different containers run side by side.
+func lockCNI(how int) (unlock func()) {
 	f, err := os.OpenFile("/run/shoal-cni.lock", os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return func() {}
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+	if err := syscall.Flock(int(f.Fd()), how); err != nil {
 		f.Close()
 		return func() {}
 	}
 	return func() { f.Close() } // closing releases the lock
+}
+
+// loopbackUp brings up lo in the namespace at path, as the loopback
+// plugin would, through a netlink socket opened in that namespace: no
+// plugin process, no thread switching namespaces.
+func loopbackUp(path string) error {
+	ns, err := vnetns.GetFromPath(path)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	return h.LinkSetUp(lo)
 }

@@ -246,6 +246,8 @@ func (r *Runtime) RemoveNetwork() error {
 	if r.net == nil {
 		return nil
 	}
+	// Whatever a failed removal left attached goes first.
+	r.net.collect(context.Background(), nil)
 	return r.net.remove()
 }
 
