@@ -855,11 +855,7 @@ func (r *Runtime) detach(ctx context.Context, id string, labels map[string]strin
 	if r.net == nil || (labels != nil && labels[LabelNetwork] != NetworkBridge) {
 		return
 	}
-	var maps []portMapping
-	if labels != nil {
-		maps = mappingsFor(portsOf(labels[LabelPorts]), portsOf(labels[LabelTargets]))
-	}
-	if err := r.net.detach(ctx, id, maps); err != nil {
+	if err := r.net.detach(ctx, id); err != nil {
 		r.log.Warn("release container network", "container", id, "err", err)
 	}
 }

@@ -79,7 +79,7 @@ func TestMain(m *testing.M) {
 	// Every test removes its network: nothing of Shoal's may be left.
 	if out, err := exec.Command("iptables-save").Output(); err == nil {
 		for _, l := range strings.Split(string(out), "\n") {
-			if strings.Contains(l, "shtest") || strings.Contains(l, "CNI-") {
+			if strings.Contains(l, "shtest") || strings.Contains(l, "CNI-") || strings.Contains(l, "SHOAL-") {
 				fmt.Fprintf(os.Stderr, "left behind by the tests: %s\n", l)
 				code = 1
 			}
@@ -380,7 +380,7 @@ func TestReclaimsNetworkOfVanishedContainers(t *testing.T) {
 	waitFor(t, 30*time.Second, "healthy", healthy(rt, 1))
 	in := rt.Instances()[0]
 	stop()
-	hostPort := ":" + strconv.Itoa(in.Ports["http"])
+	hostPort := "--dport " + strconv.Itoa(in.Ports["http"])
 	if !strings.Contains(natRules(t), hostPort) {
 		t.Fatalf("no rule for host port %s to begin with", hostPort)
 	}
