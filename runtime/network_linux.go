@@ -19,8 +19,8 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
-	"github.com/containernetworking/cni/pkg/version"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/coreos/go-iptables/iptables"
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
@@ -336,6 +336,13 @@ func (n *network) detach(ctx context.Context, id string) error {
 	unlock := lockCNI(syscall.LOCK_SH)
 	defer unlock()
 	return n.del(ctx, id)
+}
+
+// unmap removes a container's host-port rules, before it stops.
+func (n *network) unmap(id string) error {
+	unlock := lockCNI(syscall.LOCK_SH)
+	defer unlock()
+	return n.delDNAT(func(c string) bool { return c == id })
 }
 
 // del removes the container's host-port rules and runs CNI DEL with the

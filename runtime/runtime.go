@@ -842,6 +842,14 @@ func (r *Runtime) remove(ctx context.Context, ct *container) error {
 	} else if err != nil {
 		return err
 	}
+	// Host ports first: a peer's new connection is refused at once and
+	// goes to another instance, rather than wait on an address whose
+	// process is gone; connections under way finish as the process stops.
+	if r.net != nil && ct.labels[LabelNetwork] == NetworkBridge {
+		if err := r.net.unmap(ct.id); err != nil {
+			r.log.Warn("unmap host ports", "container", ct.id, "err", err)
+		}
+	}
 	if err := DeleteContainer(ctx, c, 5*time.Second); err != nil {
 		return err
 	}
