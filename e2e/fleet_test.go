@@ -684,9 +684,16 @@ func TestFleet(t *testing.T) {
 		}
 		// Put the good spec back for what follows; nothing needs to change.
 		fix := h.push("fix", map[string]string{"web.yaml": h.files["web.yaml"]})
-		h.waitFor(30*time.Second, "fixed", func() bool {
-			var st nodeStatus
-			return h.api(0, "/v1/status", &st) == nil && st.Revision == fix && h.settled()
+		// Every node at fix: one still before it would next fetch the
+		// unsigned head and never see fix.
+		h.waitFor(30*time.Second, "fixed on every node", func() bool {
+			for i := range h.nodes {
+				var st nodeStatus
+				if h.api(i, "/v1/status", &st) != nil || st.Revision != fix {
+					return false
+				}
+			}
+			return h.settled()
 		})
 		running = fingerprint(h.records(0))
 
