@@ -1,16 +1,24 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
 
 	"github.com/shoal-run/shoal"
 	"github.com/shoal-run/shoal/gitsync"
@@ -299,4 +307,116 @@ func TestWebFleetDoc(t *testing.T) {
 	if !strings.Contains(string(b), `"used_memory":1342177280`) {
 		t.Errorf("JSON lacks n2's used memory: %s", b)
 	}
+}
+
+// TestWebBrowser drives the web view in a real headless Chromium: the
+// login refuses a wrong token and takes the right one, the fleet page
+// shows the nodes and services, follows the fleet live (a node joins, a
+// rollout moves on, a pull fails), and the service page shows its slots
+// and log tail. Screenshots are kept in the test's temp dir, and also in
+// $SHOAL_WEB_SCREENSHOTS when set (docs/web-view.png is its fleet.png).
+func TestWebBrowser(t *testing.T) {
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatal("chromium not found: scripts/install-deps installs it")
+	}
+	v := newWebView()
+	srv := newWebServer(t, v)
+	// The whole browser lives at most this long; each step below has a
+	// deadline of its own. A page that never shows what it should fails
+	// the test, it never hangs it.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromium), chromedp.NoSandbox,
+		chromedp.DisableGPU, chromedp.WindowSize(1280, 900), chromedp.Flag("hide-scrollbars", true))
+	actx, cancelA := chromedp.NewExecAllocator(ctx, opts...)
+	defer cancelA()
+	bctx, cancelB := chromedp.NewContext(actx)
+	defer cancelB()
+	if err := chromedp.Do(bctx); err != nil { // starts the browser
+		t.Fatalf("start chromium: %v", err)
+	}
+	dir := t.TempDir()
+	step := func(what string, steps ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		sctx, cancel := context.WithTimeout(bctx, 20*time.Second)
+		defer cancel()
+		if err := chromedp.Do(sctx, steps...); err != nil {
+			tctx, cancel := context.WithTimeout(bctx, 5*time.Second)
+			defer cancel()
+			body, _ := chromedp.Run(tctx, chromedp.Text(chromedp.CSS("body")))
+			t.Fatalf("%s: %v\npage:\n%s", what, err, body)
+		}
+	}
+	// text waits until the element sel holds want.
+	text := func(sel, want string) chromedp.Action[chromedp.Void] {
+		js := fmt.Sprintf(`(() => { const e = document.querySelector(%q); return !!e && e.innerText.includes(%q); })()`, sel, want)
+		return chromedp.Poll[chromedp.Void](js, chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(15*time.Second))
+	}
+	visible := func(sel string) chromedp.Action[chromedp.Void] { return chromedp.WaitVisible(chromedp.CSS(sel)) }
+	shot := func(name string) {
+		t.Helper()
+		sctx, cancel := context.WithTimeout(bctx, 20*time.Second)
+		defer cancel()
+		png, err := chromedp.Run(sctx, chromedp.FullScreenshot(100))
+		if err != nil {
+			t.Fatalf("screenshot %s: %v", name, err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if keep := os.Getenv("SHOAL_WEB_SCREENSHOTS"); keep != "" {
+			if err := os.WriteFile(filepath.Join(keep, name), png, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		t.Logf("screenshot %s: %d bytes", filepath.Join(dir, name), len(png))
+	}
+
+	step("open /ui/ and land on the login",
+		chromedp.Navigate(srv.URL+"/ui/"),
+		visible(`input[name="token"]`))
+	step("a wrong token is refused",
+		chromedp.SendKeys(chromedp.CSS(`input[name="token"]`), "not-the-token"),
+		chromedp.Submit(chromedp.CSS(`input[name="token"]`)),
+		visible(`#login-error`),
+		text("#login-error", "wrong token"))
+	step("the right token opens the fleet",
+		chromedp.SendKeys(chromedp.CSS(`input[name="token"]`), "s3cret"),
+		chromedp.Submit(chromedp.CSS(`input[name="token"]`)),
+		visible(`tr[data-node="n3"]`),
+		text(`tr[data-service="web"]`, "3/3 healthy"),
+		text(`tr[data-service="web"]`, "1/3 new"),
+		text(`tr[data-service="redis"]`, "redis:7"),
+		text(`tr[data-node="n2"]`, "zone=b"),
+		text(`tr[data-node="n2"]`, "1.5 cpu / 4 cpu"))
+
+	// The fleet moves: a node joins, slot 1 rolls to the new definition,
+	// and slot 2's new image cannot be pulled on this node.
+	v.update(func(v *webView) {
+		v.fleet.Members = append(v.fleet.Members, memberView{Name: "n4", Addr: "10.0.0.4", Status: "alive", Revision: webRev,
+			CPU: 2, Memory: 4 << 30, Labels: map[string]string{"zone": "b"}})
+		v.records[1].Spec = "aaaa1111"
+		v.instances = append(v.instances, shoal.Instance{Slot: shoal.Slot{Service: "web", Index: 2}, Node: "n1", Image: "nginx:1.27",
+			State: shoal.StateStarting, LastError: "pull failed: docker.io/library/nginx:1.27: not found"})
+	})
+	step("the page follows the fleet live",
+		visible(`tr[data-node="n4"]`),
+		text(`tr[data-service="web"]`, "2/3 new"),
+		text(`tr[data-service="web"] td.errs`, "pull failed: docker.io/library/nginx:1.27: not found"))
+	shot("fleet.png")
+
+	step("the service page shows its slots and log tail",
+		chromedp.Click(chromedp.CSS(`tr[data-service="web"] a`)),
+		visible(`table.records`),
+		text(`table.records`, "10.0.0.3:20002"),
+		text(`#service-errors`, "not found"),
+		text(`#logs`, "GET /health 200"))
+	shot("service.png")
+
+	step("a phone-sized screen",
+		chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile),
+		chromedp.Navigate(srv.URL+"/ui/"),
+		visible(`tr[data-node="n4"]`))
+	shot("fleet-phone.png")
 }

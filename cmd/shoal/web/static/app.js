@@ -14,7 +14,7 @@ function h(tag, attrs, ...kids) {
     if (v === undefined || v === null || v === false) continue;
     el.setAttribute(k, v === true ? "" : v);
   }
-  for (const kid of kids.flat()) {
+  for (const kid of kids.flat(Infinity)) {
     if (kid === undefined || kid === null || kid === false) continue;
     el.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
   }
@@ -37,11 +37,29 @@ function when(t) {
   const span = a < 60 ? a + "s" : a < 3600 ? Math.round(a / 60) + "m" : a < 86400 ? Math.round(a / 3600) + "h" : Math.round(a / 86400) + "d";
   return s >= 0 ? "in " + span : span + " ago";
 }
-function bar(used, total, label) {
+// fill is a meter's bar, its width set through the CSSOM: the page's
+// Content-Security-Policy allows no inline style attribute.
+function fill(pct, cls) {
+  const el = h("div", {class: "fill " + cls});
+  el.style.width = pct + "%";
+  return el;
+}
+// bar is a meter: a capacity (hot when nearly full) or a rollout (done
+// when every slot runs the newest definition).
+function bar(used, total, label, rollout) {
   const pct = total > 0 ? Math.min(100, Math.round(used / total * 100)) : 0;
   return h("div", {class: "meter", title: pct + "%"},
-    h("div", {class: "fill" + (pct > 90 ? " hot" : ""), style: "width:" + pct + "%"}),
+    fill(pct, rollout ? (pct >= 100 ? "done" : "") : (pct > 90 ? "hot" : "")),
     h("span", {}, label));
+}
+// td is a table cell labelled for the phone layout, where rows become cards.
+function td(label, ...kids) {
+  return h("td", {"data-label": label}, h("div", {class: "cell"}, kids));
+}
+function tdErr(label, ...kids) {
+  const el = td(label, ...kids);
+  el.className = "errs";
+  return el;
 }
 const badge = (text, kind) => h("span", {class: "badge " + kind}, text);
 function table(cls, heads, rows, empty) {
@@ -59,7 +77,7 @@ function progress(s) {
   if (!s.spec) return h("span", {class: "muted"}, "—");
   const done = s.new_healthy >= s.desired;
   return h("div", {class: "rollout"},
-    bar(s.new_healthy, s.desired, s.new_healthy + "/" + s.desired + " new"),
+    bar(s.new_healthy, s.desired, s.new_healthy + "/" + s.desired + " new", true),
     done ? null : h("small", {class: "muted"}, "rolling to " + s.spec));
 }
 
@@ -72,24 +90,24 @@ function renderFleet(d) {
   const alive = d.nodes.filter((n) => n.status === "alive").length;
   const sick = d.services.filter((s) => s.healthy < s.desired || s.errors.length).length;
   const nodes = d.nodes.map((n) => h("tr", {"data-node": n.name},
-    h("td", {"data-label": "Node"}, h("b", {}, n.name), h("br"), h("small", {class: "muted"}, n.addr)),
-    h("td", {"data-label": "Status"}, badge(n.status, n.status === "alive" ? "ok" : "bad")),
-    h("td", {"data-label": "Revision"}, h("code", {}, short(n.revision)), n.current ? null : badge("behind", "warn")),
-    h("td", {"data-label": "CPU"}, bar(n.used_cpu, n.cpu, cores(n.used_cpu) + " / " + cores(n.cpu)),
+    td("Node", h("b", {}, n.name), h("br"), h("small", {class: "muted"}, n.addr)),
+    td("Status", badge(n.status, n.status === "alive" ? "ok" : "bad")),
+    td("Revision", h("code", {}, short(n.revision)), n.current ? null : badge("behind", "warn")),
+    td("CPU", bar(n.used_cpu, n.cpu, cores(n.used_cpu) + " / " + cores(n.cpu)),
       h("small", {class: "muted"}, cores(Math.max(0, n.cpu - n.used_cpu)) + " free")),
-    h("td", {"data-label": "Memory"}, bar(n.used_memory, n.memory, bytes(n.used_memory) + " / " + bytes(n.memory)),
+    td("Memory", bar(n.used_memory, n.memory, bytes(n.used_memory) + " / " + bytes(n.memory)),
       h("small", {class: "muted"}, bytes(Math.max(0, n.memory - n.used_memory)) + " free")),
-    h("td", {"data-label": "Slots"}, n.slots),
-    h("td", {"data-label": "Labels"}, Object.entries(n.labels || {}).sort().map(([k, v]) => h("span", {class: "chip"}, k + "=" + v)))));
+    td("Slots", n.slots),
+    td("Labels", Object.entries(n.labels || {}).sort().map(([k, v]) => h("span", {class: "chip"}, k + "=" + v)))));
   const services = d.services.map((s) => h("tr", {"data-service": s.name},
-    h("td", {"data-label": "Service"}, h("a", {href: "/ui/services/" + encodeURIComponent(s.name)}, h("b", {}, s.name)),
+    td("Service", h("a", {href: "/ui/services/" + encodeURIComponent(s.name)}, h("b", {}, s.name)),
       h("br"), h("small", {class: "muted"}, s.image || "")),
-    h("td", {"data-label": "Health"}, health(s)),
-    h("td", {"data-label": "Slots per node"}, (s.nodes || []).map((n) =>
+    td("Health", health(s)),
+    td("Slots per node", (s.nodes || []).map((n) =>
       h("span", {class: "chip" + (n.healthy < n.desired ? " warn" : "")}, n.node + " " + n.healthy + "/" + n.desired))),
-    h("td", {"data-label": "Rollout"}, progress(s)),
-    h("td", {"data-label": "Errors", class: "errs"}, errors(s.errors))));
-  main.replaceChildren(
+    td("Rollout", progress(s)),
+    tdErr("Errors", errors(s.errors))));
+  main.replaceChildren(...[
     h("section", {class: "cards"},
       h("div", {class: "card"}, h("small", {}, "Revision"), h("code", {id: "revision"}, short(d.revision))),
       h("div", {class: "card"}, h("small", {}, "Nodes alive"), h("b", {}, alive + "/" + d.nodes.length)),
@@ -99,7 +117,7 @@ function renderFleet(d) {
     h("h2", {}, "Nodes"),
     table("nodes", ["Node", "Status", "Revision", "CPU", "Memory", "Slots", "Labels"], nodes, "No members yet."),
     h("h2", {}, "Services"),
-    table("services", ["Service", "Health", "Slots per node", "Rollout", "Errors"], services, "No services in the revision in force."));
+    table("services", ["Service", "Health", "Slots per node", "Rollout", "Errors"], services, "No services in the revision in force.")].filter(Boolean));
 }
 
 let logSlot = null;
@@ -110,22 +128,22 @@ function renderService(d) {
     return;
   }
   const records = d.records.map((r) => h("tr", {},
-    h("td", {"data-label": "Slot"}, r.slot), h("td", {"data-label": "Node"}, r.node),
-    h("td", {"data-label": "Address"}, h("code", {}, r.addr)),
-    h("td", {"data-label": "Definition"}, h("code", {}, r.spec || "—"), r.new ? badge("new", "ok") : badge("old", "warn")),
-    h("td", {"data-label": "Health"}, r.healthy ? badge("healthy", "ok") : badge("unhealthy", "bad"))));
+    td("Slot", r.slot), td("Node", r.node),
+    td("Address", h("code", {}, r.addr)),
+    td("Definition", h("code", {}, r.spec || "—"), r.new ? badge("new", "ok") : badge("old", "warn")),
+    td("Health", r.healthy ? badge("healthy", "ok") : badge("unhealthy", "bad"))));
   const inst = d.instances.map((i) => h("tr", {},
-    h("td", {"data-label": "Slot"}, i.index), h("td", {"data-label": "State"}, badge(i.state, i.state === "healthy" ? "ok" : i.state === "starting" ? "warn" : "bad")),
-    h("td", {"data-label": "Image"}, h("code", {}, i.image)), h("td", {"data-label": "Revision"}, h("code", {}, short(i.revision))),
-    h("td", {"data-label": "Started"}, when(i.started_at)), h("td", {"data-label": "Restarts"}, i.restarts),
-    h("td", {"data-label": "Last error", class: "errs"}, i.last_error || "")));
+    td("Slot", i.slot), td("State", badge(i.state, i.state === "healthy" ? "ok" : i.state === "starting" ? "warn" : "bad")),
+    td("Image", h("code", {}, i.image)), td("Revision", h("code", {}, short(i.revision))),
+    td("Started", when(i.started_at)), td("Restarts", i.restarts),
+    tdErr("Last error", i.last_error || "")));
   if (logSlot === null) logSlot = d.records.length ? d.records[0].slot : 0;
   const slots = [];
   for (let i = 0; i < Math.max(s.desired, 1); i++) slots.push(h("option", {value: i, selected: i === logSlot}, "slot " + i));
   const select = h("select", {id: "log-slot"}, slots);
   select.addEventListener("change", () => { logSlot = Number(select.value); fetchLogs(); });
   const logs = document.getElementById("logs") || h("pre", {id: "logs", class: "logs"}, "…");
-  main.replaceChildren(
+  main.replaceChildren(...[
     h("h1", {}, s.name, " ", health(s)),
     h("p", {class: "muted"}, h("code", {}, s.image || ""), " · definition ", h("code", {}, s.spec || "—")),
     h("section", {class: "cards"},
@@ -137,7 +155,7 @@ function renderService(d) {
     h("h2", {}, "Instances on this node"),
     table("instances", ["Slot", "State", "Image", "Revision", "Started", "Restarts", "Last error"], inst, "None on this node."),
     h("h2", {}, "Log tail ", select),
-    logs);
+    logs].filter(Boolean));
   if (!logs.dataset.loaded) fetchLogs();
 }
 
@@ -158,21 +176,21 @@ async function fetchLogs() {
 
 function renderJobs(d) {
   const jobs = (d.jobs || []).map((j) => h("tr", {},
-    h("td", {"data-label": "Job"}, h("b", {}, j.name)), h("td", {"data-label": "Schedule"}, h("code", {}, j.schedule)),
-    h("td", {"data-label": "Next tick"}, when(j.next)),
-    h("td", {"data-label": "Running"}, (j.running || []).map((r) => h("span", {class: "chip"}, r.node + " " + when(r.tick))))));
+    td("Job", h("b", {}, j.name)), td("Schedule", h("code", {}, j.schedule)),
+    td("Next tick", when(j.next)),
+    td("Running", (j.running || []).map((r) => h("span", {class: "chip"}, r.node + " " + when(r.tick))))));
   const runs = (d.history || []).slice(0, 50).map((r) => h("tr", {},
-    h("td", {"data-label": "Job"}, r.job), h("td", {"data-label": "Tick"}, when(r.tick), r.manual ? badge("manual", "") : null),
-    h("td", {"data-label": "Node"}, r.node),
-    h("td", {"data-label": "Result"}, r.state !== "ended" ? badge(r.state, "warn") : r.exit_code === 0 && r.reason === "exited" ? badge("ok", "ok") : badge((r.reason || "failed") + " " + r.exit_code, "bad")),
-    h("td", {"data-label": "Detail", class: "errs"}, r.detail || "")));
+    td("Job", r.job), td("Tick", when(r.tick), r.manual ? badge("manual", "") : null),
+    td("Node", r.node),
+    td("Result", r.state !== "ended" ? badge(r.state, "warn") : r.exit_code === 0 && r.reason === "exited" ? badge("ok", "ok") : badge((r.reason || "failed") + " " + r.exit_code, "bad")),
+    tdErr("Detail", r.detail || "")));
   const unreachable = Object.entries(d.unreachable || {}).map(([n, why]) => n + ": " + why);
-  main.replaceChildren(
+  main.replaceChildren(...[
     h("h2", {}, "Jobs"),
     table("jobs", ["Job", "Schedule", "Next tick", "Running"], jobs, "No jobs in the revision in force."),
     errors(unreachable, "jobs-unreachable"),
     h("h2", {}, "Last runs"),
-    table("runs", ["Job", "Tick", "Node", "Result", "Detail"], runs, "No runs yet."));
+    table("runs", ["Job", "Tick", "Node", "Result", "Detail"], runs, "No runs yet.")].filter(Boolean));
 }
 
 const render = {fleet: renderFleet, service: renderService, jobs: renderJobs}[page];
