@@ -53,6 +53,8 @@ type webServiceSpec struct {
 	Resources shoal.Resources
 }
 
+var _ specSource = (*agent)(nil)
+
 // WebServices implements specSource.
 func (a *agent) WebServices() map[string]webServiceSpec {
 	a.mu.Lock()

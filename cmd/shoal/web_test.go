@@ -22,6 +22,7 @@ import (
 
 	"github.com/shoal-run/shoal"
 	"github.com/shoal-run/shoal/gitsync"
+	"github.com/shoal-run/shoal/node"
 )
 
 // webView is a fleet the web view's tests change under it: a fake (the
@@ -111,6 +112,21 @@ func newWebView() *webView {
 	}
 }
 
+// webJobs is one cron job with two runs behind it.
+type webJobs struct{}
+
+func (webJobs) JobsView(name string, now time.Time) jobsView {
+	tick := now.Truncate(time.Hour).Add(-time.Hour).UTC()
+	return jobsView{Node: "n1",
+		Jobs: []jobView{{Name: "backup", Schedule: "0 * * * *", Concurrency: "forbid", Next: tick.Add(2 * time.Hour), Running: []runningRun{}}},
+		History: []jobRun{
+			{Job: "backup", Tick: tick, Node: "n2", State: "ended", Reason: string(node.ReasonExited), ExitCode: 3, Detail: "disk full"},
+			{Job: "backup", Tick: tick.Add(-time.Hour), Node: "n3", State: "ended", Reason: string(node.ReasonExited)},
+		}}
+}
+func (webJobs) Runner(string, time.Time) (string, error)     { return "n1", nil }
+func (webJobs) Trigger(string, time.Time) (triggered, error) { return triggered{}, errNoJob }
+
 // newWebServer serves v's API and web view with token "s3cret". Its
 // webhook is the real one, which checks its own HMAC.
 func newWebServer(t *testing.T, v *webView) *httptest.Server {
@@ -120,7 +136,7 @@ func newWebServer(t *testing.T, v *webView) *httptest.Server {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	api := &apiServer{view: v, token: "s3cret", self: "n1", webhook: s.WebhookHandler("hooksecret"),
+	api := &apiServer{view: v, token: "s3cret", self: "n1", webhook: s.WebhookHandler("hooksecret"), jobs: webJobs{},
 		slotExists: replicas(map[string]int{"web": 3, "redis": 1})}
 	srv := httptest.NewServer(api.handler())
 	t.Cleanup(srv.Close)
@@ -197,6 +213,9 @@ func TestWebLogin(t *testing.T) {
 		if r, body := webGet(t, srv, path, c, ""); r.StatusCode != 200 {
 			t.Errorf("GET %s with the cookie: %s %s", path, r.Status, body)
 		}
+	}
+	if _, body := webGet(t, srv, "/ui/api/jobs", c, ""); !strings.Contains(body, `"backup"`) || !strings.Contains(body, "disk full") {
+		t.Errorf("jobs JSON lacks the job or its last runs: %s", body)
 	}
 	if _, body := webGet(t, srv, "/ui/api/logs?service=web&slot=0&follow=1", c, ""); body != "GET / 200\nGET /health 200\n" {
 		t.Errorf("log tail %q", body)
@@ -313,7 +332,7 @@ func TestWebFleetDoc(t *testing.T) {
 // login refuses a wrong token and takes the right one, the fleet page
 // shows the nodes and services, follows the fleet live (a node joins, a
 // rollout moves on, a pull fails), and the service page shows its slots
-// and log tail. Screenshots are kept in the test's temp dir, and also in
+// and log tail, the jobs page the next tick and the last runs. Screenshots are kept in the test's temp dir, and also in
 // $SHOAL_WEB_SCREENSHOTS when set (docs/web-view.png is its fleet.png).
 func TestWebBrowser(t *testing.T) {
 	chromium, err := exec.LookPath("chromium")
@@ -413,6 +432,15 @@ func TestWebBrowser(t *testing.T) {
 		text(`#service-errors`, "not found"),
 		text(`#logs`, "GET /health 200"))
 	shot("service.png")
+
+	step("the jobs page shows the next tick and the last runs",
+		chromedp.Click(chromedp.CSS(`header nav a[href="/ui/jobs"]`)),
+		visible(`table.runs`),
+		text(`table.jobs`, "backup"),
+		text(`table.jobs`, "in "),
+		text(`table.runs`, "exited 3"),
+		text(`table.runs`, "disk full"))
+	shot("jobs.png")
 
 	step("a phone-sized screen",
 		chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile),

@@ -138,10 +138,15 @@ function renderService(d) {
     td("Started", when(i.started_at)), td("Restarts", i.restarts),
     tdErr("Last error", i.last_error || "")));
   if (logSlot === null) logSlot = d.records.length ? d.records[0].slot : 0;
-  const slots = [];
-  for (let i = 0; i < Math.max(s.desired, 1); i++) slots.push(h("option", {value: i, selected: i === logSlot}, "slot " + i));
-  const select = h("select", {id: "log-slot"}, slots);
-  select.addEventListener("change", () => { logSlot = Number(select.value); fetchLogs(); });
+  // The slot picker is kept across updates while the count holds, so an
+  // open list does not close under the reader's finger.
+  let select = document.getElementById("log-slot");
+  if (!select || select.options.length !== Math.max(s.desired, 1)) {
+    const slots = [];
+    for (let i = 0; i < Math.max(s.desired, 1); i++) slots.push(h("option", {value: i, selected: i === logSlot}, "slot " + i));
+    select = h("select", {id: "log-slot", "aria-label": "slot"}, slots);
+    select.addEventListener("change", () => { logSlot = Number(select.value); fetchLogs(); });
+  }
   const logs = document.getElementById("logs") || h("pre", {id: "logs", class: "logs"}, "…");
   main.replaceChildren(...[
     h("h1", {}, s.name, " ", health(s)),
@@ -201,7 +206,10 @@ function show(d) {
   document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
 }
 
+let busy = false; // one request at a time: a slow answer is not stacked on
 async function refresh() {
+  if (busy) return;
+  busy = true;
   try {
     const r = await fetch(poll, {credentials: "same-origin", cache: "no-store"});
     if (r.status === 401) { location.href = "/login"; return; }
@@ -212,6 +220,8 @@ async function refresh() {
   } catch (e) {
     live.className = "live off";
     live.title = "update failed: " + e.message;
+  } finally {
+    busy = false;
   }
 }
 
