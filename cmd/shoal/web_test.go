@@ -400,6 +400,7 @@ func TestWebBrowser(t *testing.T) {
 		chromedp.Submit(chromedp.CSS(`input[name="token"]`)),
 		visible(`#login-error`),
 		text("#login-error", "wrong token"))
+	shot("login-refused.png")
 	step("the right token opens the fleet",
 		chromedp.SendKeys(chromedp.CSS(`input[name="token"]`), "s3cret"),
 		chromedp.Submit(chromedp.CSS(`input[name="token"]`)),
