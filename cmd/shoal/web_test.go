@@ -347,7 +347,8 @@ func TestWebBrowser(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromium), chromedp.NoSandbox,
-		chromedp.DisableGPU, chromedp.WindowSize(1280, 900), chromedp.Flag("hide-scrollbars", true))
+		chromedp.DisableGPU, chromedp.WindowSize(1280, 900), chromedp.Flag("hide-scrollbars", true),
+		chromedp.Flag("disable-dev-shm-usage", true)) // containers often have a tiny /dev/shm
 	actx, cancelA := chromedp.NewExecAllocator(ctx, opts...)
 	defer cancelA()
 	bctx, cancelB := chromedp.NewContext(actx)
