@@ -121,6 +121,7 @@ func (a *apiServer) handler() http.Handler {
 		// unsigned body costs at most this much.
 		root.Handle("POST /v1/webhook", http.MaxBytesHandler(a.webhook, maxWebhookBytes))
 	}
+	a.mountWeb(root) // the web view: /login, /ui/
 	root.Handle("/", authed)
 	return root
 }
