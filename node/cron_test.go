@@ -411,7 +411,7 @@ func TestCronAdoptAfterRestart(t *testing.T) {
 	}
 	// The container lingers until the runtime removes it.
 	in.Now = since.Add(3 * time.Second)
-	st, out = node.StepCron(st, in)
+	_, out = node.StepCron(st, in)
 	if len(out.Events) != 0 || len(out.Runs) != 0 {
 		t.Fatalf("the ended run came back: %+v %+v", out.Events, out.Runs)
 	}
