@@ -66,7 +66,7 @@ type Config struct {
 	// so a site whose every agent restarts with its seeds gone re-forms.
 	// Empty: kept in memory only.
 	PeersFile string
-	Logger       *slog.Logger
+	Logger    *slog.Logger
 	// OnAnnounce receives each commit hash a peer announces, once.
 	OnAnnounce func(commit string)
 }

@@ -95,7 +95,7 @@ func TestKnownPeersFile(t *testing.T) {
 		{serf.EventMemberJoin, "c", "10.0.0.3:7946", true},
 		{serf.EventMemberUpdate, "b", "10.0.0.2:7946", false},
 		{serf.EventMemberFailed, "b", "10.0.0.2:7946", false},
-		{serf.EventMemberJoin, "b", "10.0.0.12:7946", true}, // renumbered: the old address goes
+		{serf.EventMemberJoin, "b", "10.0.0.12:7946", true},  // renumbered: the old address goes
 		{serf.EventMemberReap, "b", "10.0.0.12:7946", false}, // failed and reaped: still tried
 		{serf.EventMemberLeave, "c", "10.0.0.3:7946", true},
 		{serf.EventMemberReap, "c", "10.0.0.3:7946", true}, // left and reaped: forgotten
