@@ -59,7 +59,7 @@ type Config struct {
 	RestartGrace time.Duration
 	// ReconnectTimeout is how long a failed member is remembered by Serf
 	// (default 24h), TombstoneTimeout one that left (default 1m), and
-	// RejoinMaxInterval the rejoin loop's backoff ceiling (default 10s).
+	// RejoinMaxInterval the rejoin loop's backoff ceiling (default 5s).
 	// timers.go says why.
 	ReconnectTimeout, TombstoneTimeout, RejoinMaxInterval time.Duration
 	// PeersFile keeps the members this node has known across restarts,
