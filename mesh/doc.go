@@ -10,6 +10,15 @@
 // timeout 100 ms, suspicion ×2 and gossip 50 ms detect a hard stop in
 // about a second.
 //
+// Reconnection (rejoin.go, timers.go): no partition or outage is too long
+// to heal. Serf remembers a failed member for ReconnectTimeout (24 h) and
+// retries it; a rejoin loop also tries the --join seeds and every member
+// this node has known, at its last address, whenever one is not alive,
+// with jittered backoff. Known members are kept in Config.PeersFile
+// across restarts. A member may come back at a new address under its
+// name once its old entry is dead; a live member's name stays refused
+// from any other address. timers.go names every timer and its reason.
+//
 // Records: SetLocalRecords publishes this node's instances. The change
 // reaches peers as a user event carrying the set when it fits (Serf drops
 // events larger than one packet), and always as a new digest in the tags.

@@ -57,7 +57,16 @@ type Config struct {
 	// node that stopped to restart (Pause) before treating it as failed.
 	// Default 15s.
 	RestartGrace time.Duration
-	Logger       *slog.Logger
+	// ReconnectTimeout is how long a failed member is remembered by Serf
+	// (default 24h), TombstoneTimeout one that left (default 1m), and
+	// RejoinMaxInterval the rejoin loop's backoff ceiling (default 5s).
+	// timers.go says why.
+	ReconnectTimeout, TombstoneTimeout, RejoinMaxInterval time.Duration
+	// PeersFile keeps the members this node has known across restarts,
+	// so a site whose every agent restarts with its seeds gone re-forms.
+	// Empty: kept in memory only.
+	PeersFile string
+	Logger    *slog.Logger
 	// OnAnnounce receives each commit hash a peer announces, once.
 	OnAnnounce func(commit string)
 }
@@ -116,6 +125,7 @@ type Mesh struct {
 	self   string
 
 	joined atomic.Bool
+	known  *known // members ever known, for the rejoin loop (rejoin.go)
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -138,25 +148,25 @@ func New(cfg Config) (*Mesh, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.ProbeInterval == 0 {
-		cfg.ProbeInterval = 200 * time.Millisecond
-	}
-	if cfg.ProbeTimeout == 0 {
-		cfg.ProbeTimeout = 100 * time.Millisecond
-	}
-	if cfg.GossipInterval == 0 {
-		cfg.GossipInterval = 50 * time.Millisecond
-	}
-	if cfg.SuspicionMult == 0 {
-		cfg.SuspicionMult = 2
-	}
-	if cfg.RestartGrace == 0 {
-		cfg.RestartGrace = 15 * time.Second
+	setDefault(&cfg.ProbeInterval, DefaultProbeInterval)
+	setDefault(&cfg.ProbeTimeout, DefaultProbeTimeout)
+	setDefault(&cfg.GossipInterval, DefaultGossipInterval)
+	setDefault(&cfg.SuspicionMult, DefaultSuspicionMult)
+	setDefault(&cfg.RestartGrace, DefaultRestartGrace)
+	setDefault(&cfg.ReconnectTimeout, DefaultReconnectTimeout)
+	setDefault(&cfg.TombstoneTimeout, DefaultTombstoneTimeout)
+	setDefault(&cfg.RejoinMaxInterval, DefaultRejoinMaxInterval)
+	cfg.RejoinMaxInterval = max(cfg.RejoinMaxInterval, RejoinMinInterval)
+	kn, err := loadKnown(cfg.PeersFile)
+	if err != nil {
+		// Damaged: start from the seeds alone, and rewrite it.
+		cfg.Logger.Warn("known peers unreadable; starting from --join alone", "err", err)
 	}
 	m := &Mesh{
 		cfg: cfg, log: cfg.Logger,
 		events: make(chan serf.Event, 1024), changes: make(chan struct{}, 1), pullNow: make(chan struct{}, 1),
 		peers: map[string]peerRecords{}, gone: map[string]peerRecords{}, pullSoon: map[string]string{}, announced: map[string]bool{}, loads: map[string]map[string]loadEntry{}, pending: map[string]peerRecords{}, live: map[string]string{}, paused: map[string]time.Time{}, restartSaid: map[string]time.Time{}, closed: make(chan struct{}),
+		known: kn,
 	}
 	// No digest until the first SetLocalRecords: an agent that restarts
 	// has not yet looked at the containers it kept, and an empty set
@@ -192,11 +202,11 @@ func New(cfg Config) (*Mesh, error) {
 	sc.KeyringFile = cfg.KeyringFile
 	sc.Tags = m.tags
 	sc.EventCh = m.events
-	sc.ReconnectTimeout = 30 * time.Second
-	// Failed members are only contacted again by Serf's reconnect loop:
-	// a short interval lets a healed partition merge within seconds.
-	sc.ReconnectInterval = 2 * time.Second
-	sc.TombstoneTimeout = time.Minute
+	// Failed members are contacted again by Serf's reconnect loop for
+	// ReconnectTimeout, and by the rejoin loop after that.
+	sc.ReconnectTimeout = cfg.ReconnectTimeout
+	sc.ReconnectInterval = DefaultReconnectInterval
+	sc.TombstoneTimeout = cfg.TombstoneTimeout
 	sc.QueryTimeoutMult = 4
 	logw := &slogWriter{log: m.log}
 	sc.LogOutput = logw
@@ -216,7 +226,9 @@ func New(cfg Config) (*Mesh, error) {
 	// that had not yet joined the rest) learns of them only by a full
 	// state exchange: every 30 s by default (49 s measured once on
 	// loopback), all that time planning on part of the fleet.
-	ml.PushPullInterval = 5 * time.Second
+	ml.PushPullInterval = PushPullInterval
+	// A failed member's name may come back from a new address (DHCP).
+	ml.DeadNodeReclaimTime = DeadNodeReclaimTime
 	if len(keys) > 0 {
 		kr, err := memberlist.NewKeyring(keys, keys[0])
 		if err != nil {
@@ -235,7 +247,17 @@ func New(cfg Config) (*Mesh, error) {
 	m.liveMu.Lock()
 	m.self = net.JoinHostPort(self.Addr.String(), strconv.Itoa(int(self.Port)))
 	m.liveMu.Unlock()
+	if err := m.known.save(m.self); err != nil {
+		m.log.Warn("known peers not saved", "err", err)
+	}
 	return m, nil
+}
+
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
 }
 
 // slogWriter turns Serf's and memberlist's log lines into debug records.
@@ -267,7 +289,7 @@ func (m *Mesh) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	wg.Add(2)
-	go func() { defer wg.Done(); m.joinLoop(ctx) }()
+	go func() { defer wg.Done(); m.rejoinLoop(ctx) }()
 	go func() { defer wg.Done(); m.antiEntropy(ctx) }()
 	for {
 		select {
@@ -279,39 +301,6 @@ func (m *Mesh) Run(ctx context.Context) error {
 			m.handle(ev)
 		}
 		m.expireGrace()
-	}
-}
-
-func (m *Mesh) joinLoop(ctx context.Context) {
-	if len(m.cfg.Join) == 0 {
-		m.joined.Store(true)
-		return
-	}
-	delay := 200 * time.Millisecond
-	for {
-		var addrs []string
-		for _, j := range m.cfg.Join {
-			if j != m.LocalAddr() {
-				addrs = append(addrs, j)
-			}
-		}
-		if len(addrs) == 0 {
-			m.joined.Store(true)
-			return // the first node of a fleet: the others join it
-		}
-		n, err := m.serf.Join(addrs, true)
-		if n > 0 {
-			m.log.Info("joined fleet", "contacted", n)
-			m.joined.Store(true)
-			return
-		}
-		m.log.Warn("join failed, retrying", "peers", addrs, "err", err, "in", delay)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(delay):
-		}
-		delay = min(delay*2, 10*time.Second)
 	}
 }
 
@@ -327,6 +316,7 @@ func (m *Mesh) handle(ev serf.Event) {
 				m.log.Log(context.Background(), lvl, "membership", "event", e.Type.String(), "member", mb.Name, "addr", mb.Addr.String())
 			}
 			m.noteMember(e.Type, mb)
+			m.noteKnown(e.Type, mb)
 			m.mu.Lock()
 			switch {
 			case e.Type == serf.EventMemberFailed && (mb.Tags["p"] == "1" || m.saidRestart(mb.Name)):

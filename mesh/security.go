@@ -187,7 +187,10 @@ func (g mergeGuard) NotifyMerge(members []*serf.Member) error {
 	for _, mb := range members {
 		addr := net.JoinHostPort(mb.Addr.String(), fmt.Sprint(mb.Port))
 		if mb.Name == g.m.cfg.NodeName {
-			if self := g.m.selfAddr(); self != "" && addr != self {
+			// Its own former address is this node's old entry, which
+			// peers keep a while after a renumbering: that is no
+			// impostor.
+			if self := g.m.selfAddr(); self != "" && addr != self && !g.m.formerSelf(addr) {
 				return fmt.Errorf("mesh: %s at %s claims this node's name", mb.Name, addr)
 			}
 			continue

@@ -56,6 +56,10 @@ type agentConfig struct {
 	GossipKeyFile  string
 	Keyring        string
 	InsecureGossip bool
+	// Reconnection after partitions and outages (mesh/timers.go).
+	ReconnectTimeout  time.Duration
+	TombstoneTimeout  time.Duration
+	RejoinMaxInterval time.Duration
 
 	// Containers.
 	ContainerdSocket    string
@@ -187,6 +191,10 @@ func (c *agentConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.GossipKey, "gossip-key", os.Getenv("SHOAL_GOSSIP_KEY"), "the gossip key itself: prefer SHOAL_GOSSIP_KEY or --gossip-key-file, which ps does not show")
 	fs.StringVar(&c.Keyring, "keyring", "", "Serf keyring file (a JSON list of base64 keys, primary first), instead of --gossip-key-file")
 	fs.BoolVar(&c.InsecureGossip, "insecure-gossip", false, "allow unencrypted gossip on a non-loopback --bind: anyone who reaches the port can join the fleet")
+
+	fs.DurationVar(&c.ReconnectTimeout, "reconnect-timeout", mesh.DefaultReconnectTimeout, "how long a failed member is remembered by gossip (its known address is still tried after that)")
+	fs.DurationVar(&c.TombstoneTimeout, "tombstone-timeout", mesh.DefaultTombstoneTimeout, "how long a member that left is remembered as left")
+	fs.DurationVar(&c.RejoinMaxInterval, "rejoin-max-interval", mesh.DefaultRejoinMaxInterval, "longest wait between attempts to reach the seeds and known members that are not alive")
 
 	fs.StringVar(&c.ContainerdSocket, "containerd", "/run/containerd/containerd.sock", "containerd socket")
 	fs.StringVar(&c.ContainerdNamespace, "namespace", "shoal", "containerd namespace of this agent's containers")
@@ -320,6 +328,9 @@ func (c *agentConfig) finish() error {
 	case runtime.NetworkHost:
 	default:
 		errs = append(errs, fmt.Errorf("--network %q: want bridge or host", c.Network))
+	}
+	if c.ReconnectTimeout < 0 || c.TombstoneTimeout < 0 || c.RejoinMaxInterval < 0 {
+		errs = append(errs, errors.New("--reconnect-timeout, --tombstone-timeout and --rejoin-max-interval must not be negative"))
 	}
 	if c.HandoffTimeout <= 0 {
 		errs = append(errs, errors.New("--handoff-timeout must be positive"))

@@ -81,6 +81,8 @@ func (a *agent) build(ctx context.Context) error {
 		AdvertiseAddr: a.addr, Join: cfg.Join, Keys: keys, KeyringFile: cfg.gossipKeyringFile(), InsecureGossip: cfg.InsecureGossip,
 		CPU: cfg.CPU, Memory: cfg.Memory, Labels: cfg.Labels, APIPort: apiPort,
 		Logger: a.log.With("part", "mesh"), OnAnnounce: a.onAnnounce,
+		ReconnectTimeout: cfg.ReconnectTimeout, TombstoneTimeout: cfg.TombstoneTimeout, RejoinMaxInterval: cfg.RejoinMaxInterval,
+		PeersFile: filepath.Join(cfg.DataDir, "peers.json"),
 	})
 	if err != nil {
 		rt.Close()

@@ -114,6 +114,7 @@ type Fleet struct {
 
 	mu    sync.Mutex
 	nodes []*Node
+	join  []string // SetJoin's list, when set
 }
 
 // Start builds the fleet and starts every agent. On error everything made
@@ -516,6 +517,11 @@ func (f *Fleet) nodeNetwork(i int) runtime.NetworkConfig {
 // joinList is every node's gossip address: an agent that restarts rejoins
 // through whichever peer answers (its own address is skipped).
 func (f *Fleet) joinList() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.join != nil {
+		return strings.Join(f.join, ",")
+	}
 	var addrs []string
 	for _, n := range f.nodes {
 		addrs = append(addrs, net.JoinHostPort(n.Addr, "7946"))
@@ -656,6 +662,35 @@ func (f *Fleet) eachTask(ctx context.Context, ns string, fn func(context.Context
 // Cut and Heal partition node i from the others and back.
 func (f *Fleet) Cut(i int) error  { return f.net.Cut(i) }
 func (f *Fleet) Heal(i int) error { return f.net.Heal(i) }
+
+// CutInbound cuts node i off in one direction only: it still sends to
+// the others, and receives nothing from them. HealInbound ends it.
+func (f *Fleet) CutInbound(i int) error  { return f.net.CutInbound(i) }
+func (f *Fleet) HealInbound(i int) error { return f.net.HealInbound(i) }
+
+// Renumber moves node i, whose agent must be stopped, to address .(last)
+// of the fleet's subnet; its agent starts there next time (its API and
+// DNS too). The other agents' --join lists still name the old address.
+func (f *Fleet) Renumber(i int, last byte) error {
+	addr, err := f.net.Renumber(i, last)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := f.nodes[i]
+	n.Addr = addr
+	n.API, n.DNS = net.JoinHostPort(addr, "7900"), net.JoinHostPort(addr, "8600")
+	return nil
+}
+
+// SetJoin replaces the --join list agents start with from now on (by
+// default every node's address), e.g. with seeds that are gone.
+func (f *Fleet) SetJoin(addrs []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.join = append([]string(nil), addrs...)
+}
 
 // Webhook tells node i's agent about a push of commit, as a Git host would.
 func (f *Fleet) Webhook(i int, commit string) error {

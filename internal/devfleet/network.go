@@ -18,6 +18,9 @@ type network interface {
 	Command(i int, name string, args ...string) *exec.Cmd
 	Cut(i int) error
 	Heal(i int) error
+	CutInbound(i int) error
+	HealInbound(i int) error
+	Renumber(i int, last byte) (string, error)
 	Close() error
 }
 
@@ -50,7 +53,11 @@ var errNoPartition = errors.New("partitions need network namespaces; this fleet 
 
 func (l *loopback) Cut(int) error  { return errNoPartition }
 func (l *loopback) Heal(int) error { return errNoPartition }
-func (l *loopback) Close() error   { return nil }
+
+func (l *loopback) CutInbound(int) error               { return errNoPartition }
+func (l *loopback) HealInbound(int) error              { return errNoPartition }
+func (l *loopback) Renumber(int, byte) (string, error) { return "", errNoPartition }
+func (l *loopback) Close() error                       { return nil }
 
 // portRange is node i's range of container host ports: distinct per node,
 // which loopback fleets need (one port space) and namespaced ones do not

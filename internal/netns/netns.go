@@ -25,6 +25,7 @@ type Node struct {
 // Fleet is a set of node namespaces on one bridge.
 type Fleet struct {
 	prefix string
+	subnet string
 	nodes  []Node
 	host   string
 	closed bool
@@ -67,7 +68,7 @@ func NewFleet(prefix string, n int, subnet string) (*Fleet, error) {
 	Cleanup(prefix)
 	base := pfx.Masked().Addr().As4()
 	addr := func(last byte) string { a := base; a[3] = last; return netip.AddrFrom4(a).String() }
-	f := &Fleet{prefix: prefix, host: addr(254)}
+	f := &Fleet{prefix: prefix, subnet: pfx.Masked().String(), host: addr(254)}
 	br := prefix + "-br"
 	steps := [][]string{
 		{"netns", "add", br},
@@ -122,6 +123,72 @@ func (f *Fleet) Cut(i int) error {
 // Heal brings node i's link back up.
 func (f *Fleet) Heal(i int) error {
 	return ip("-n", f.prefix+"-br", "link", "set", f.nodes[i].link, "up")
+}
+
+// cutChain is the iptables chain of a one-way cut, in a node's namespace.
+const cutChain = "SHOAL-CUT"
+
+// CutInbound drops every packet node i receives from the other nodes,
+// while what it sends still goes out: a cut in one direction. The root
+// namespace's address still passes, so a test can watch the node.
+func (f *Fleet) CutInbound(i int) error {
+	for _, args := range [][]string{
+		{"-N", cutChain},
+		{"-A", cutChain, "-s", f.host, "-j", "RETURN"},
+		{"-A", cutChain, "-s", f.subnet, "-j", "DROP"},
+		{"-I", "INPUT", "1", "-i", "eth0", "-j", cutChain},
+		{"-I", "FORWARD", "1", "-i", "eth0", "-j", cutChain},
+	} {
+		if err := f.iptables(i, args...); err != nil {
+			f.HealInbound(i)
+			return err
+		}
+	}
+	return nil
+}
+
+// HealInbound undoes CutInbound; it does nothing where there is no cut.
+func (f *Fleet) HealInbound(i int) error {
+	if f.iptables(i, "-n", "-L", cutChain) != nil {
+		return nil
+	}
+	var errs []error
+	for _, args := range [][]string{
+		{"-D", "INPUT", "-i", "eth0", "-j", cutChain},
+		{"-D", "FORWARD", "-i", "eth0", "-j", cutChain},
+		{"-F", cutChain},
+		{"-X", cutChain},
+	} {
+		errs = append(errs, f.iptables(i, args...))
+	}
+	return errors.Join(errs...)
+}
+
+func (f *Fleet) iptables(i int, args ...string) error {
+	out, err := f.Command(i, "iptables", append([]string{"-w"}, args...)...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("iptables %s in %s: %v: %s", strings.Join(args, " "), f.nodes[i].Name, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Renumber gives node i a new address on the fleet network, as a DHCP
+// server might after a reboot: the old one is gone. It returns the new
+// address, .(last) of the subnet.
+func (f *Fleet) Renumber(i int, last byte) (string, error) {
+	pfx := netip.MustParsePrefix(f.subnet)
+	a := pfx.Addr().As4()
+	a[3] = last
+	addr := netip.AddrFrom4(a).String()
+	ns := f.nodes[i].Name
+	if err := ip("-n", ns, "addr", "flush", "dev", "eth0"); err != nil {
+		return "", err
+	}
+	if err := ip("-n", ns, "addr", "add", addr+"/24", "dev", "eth0"); err != nil {
+		return "", err
+	}
+	f.nodes[i].Addr = addr
+	return addr, nil
 }
 
 // Command runs a program inside node i's namespace.

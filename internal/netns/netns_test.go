@@ -106,3 +106,67 @@ func TestBadArgs(t *testing.T) {
 		t.Error("a long prefix was accepted")
 	}
 }
+
+// TestCutInboundAndRenumber: a one-way cut stops what a node receives from
+// its peers but not from the host, and heals; a renumbered node answers
+// at its new address only.
+func TestCutInboundAndRenumber(t *testing.T) {
+	f, err := NewFleet("shtsr", 2, "10.213.22.0/24")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	self, _ := os.Executable()
+	srv := f.Command(1, self, "-test.run=TestHelperEcho")
+	srv.Env = append(os.Environ(), "NETNS_ECHO_ADDR=0.0.0.0:9999")
+	stdout, _ := srv.StdoutPipe()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+	if line, _ := bufio.NewReader(stdout).ReadString('\n'); !strings.Contains(line, "listening") {
+		t.Fatalf("echo server: %q", line)
+	}
+	fromHost := func(addr string) error {
+		c, err := net.DialTimeout("tcp", addr+":9999", 500*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	fromPeer := func() error {
+		return f.Command(0, "timeout", "1", "bash", "-c", "exec 3<>/dev/tcp/"+f.Nodes()[1].Addr+"/9999").Run()
+	}
+	if err := fromPeer(); err != nil {
+		t.Fatalf("node 1 → node 2 before the cut: %v", err)
+	}
+	if err := f.CutInbound(1); err != nil {
+		t.Fatal(err)
+	}
+	if fromPeer() == nil {
+		t.Fatal("node 2 still receives from node 1 through a one-way cut")
+	}
+	if err := fromHost(f.Nodes()[1].Addr); err != nil {
+		t.Fatalf("the host no longer reaches node 2: %v", err)
+	}
+	if err := f.HealInbound(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := fromPeer(); err != nil {
+		t.Fatalf("node 1 → node 2 after the heal: %v", err)
+	}
+	if err := f.HealInbound(1); err != nil {
+		t.Fatalf("a second heal: %v", err)
+	}
+	old := f.Nodes()[1].Addr
+	addr, err := f.Renumber(1, 102)
+	if err != nil || addr != "10.213.22.102" || f.Nodes()[1].Addr != addr {
+		t.Fatalf("renumber: %q %v", addr, err)
+	}
+	if err := fromHost(addr); err != nil {
+		t.Fatalf("host → new address: %v", err)
+	}
+	if fromHost(old) == nil {
+		t.Fatal("the old address still answers")
+	}
+}
