@@ -985,7 +985,7 @@ func TestRecordsQueryProtocol(t *testing.T) {
 	// Hostile or broken peers.
 	good := bigSet("good", 20)
 	goodEnc := encodeSet("good", good)
-	badRecord := []byte(`{"node":"badrecord","d":"x","r":[{"s":"web","i":0,"a":"127.0.0.1","n":"http","p":0}]}`)
+	badRecord := []byte(`{"node":"badrecord","d":"x","r":[{"s":"web","i":0,"a":"127.0.0.1","n":"http","p":70000}]}`)
 	wrongDigest := bytes.Replace(encodeSet("baddigest", good), []byte(`"d":"`), []byte(`"d":"00`), 1)
 	peers := []struct {
 		name   string
