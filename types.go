@@ -70,10 +70,13 @@ type Service struct {
 	Spread string `json:"spread"`
 	// Network is "bridge" (its own network namespace on the node's
 	// bridge; the default) or "host" (the node's network, the exception).
-	Network string         `json:"network,omitempty"`
-	Restart RestartPolicy  `json:"restart"`
-	Update  UpdateStrategy `json:"update"`
-	Scale   *Scale         `json:"scale,omitempty"`
+	Network string `json:"network,omitempty"`
+	// Security narrows what the process may do, beyond the defaults every
+	// container gets (no NET_RAW, seccomp, a pids limit).
+	Security *Security      `json:"security,omitempty"`
+	Restart  RestartPolicy  `json:"restart"`
+	Update   UpdateStrategy `json:"update"`
+	Scale    *Scale         `json:"scale,omitempty"`
 
 	// Source is where the service was declared; it is not part of the hash.
 	Source Source `json:"-"`
@@ -150,6 +153,15 @@ func (p Port) ContainerPort() int {
 		return p.Target
 	}
 	return p.Port
+}
+
+// Security narrows a service's process: a read-only root filesystem,
+// another user, capabilities dropped or (from an allowed set) added.
+type Security struct {
+	ReadOnly bool     `json:"read_only,omitempty"`
+	User     string   `json:"user,omitempty"`
+	CapDrop  []string `json:"cap_drop,omitempty"`
+	CapAdd   []string `json:"cap_add,omitempty"`
 }
 
 // Network modes of a service.

@@ -1,9 +1,13 @@
 package runtime
 
 import (
+	"slices"
+
 	"github.com/containerd/containerd/contrib/apparmor"
 	"github.com/containerd/containerd/contrib/seccomp"
 	"github.com/containerd/containerd/oci"
+
+	"github.com/shoal-run/shoal"
 )
 
 // droppedCaps are taken from containerd's default set: NET_RAW lets a
@@ -29,6 +33,31 @@ func hardening(pids int64) []oci.SpecOpts {
 	}
 	if appArmorReady() {
 		opts = append(opts, apparmor.WithDefaultProfile(appArmorProfile))
+	}
+	return opts
+}
+
+// securityOpts are the spec options a service's security settings ask
+// for. They come before hardening, whose seccomp profile is computed from
+// the capabilities left. The schema allows adding only a fixed set.
+func securityOpts(sec *shoal.Security) []oci.SpecOpts {
+	if sec == nil {
+		return nil
+	}
+	var opts []oci.SpecOpts
+	if sec.ReadOnly {
+		opts = append(opts, oci.WithRootFSReadonly())
+	}
+	if sec.User != "" {
+		opts = append(opts, oci.WithUser(sec.User))
+	}
+	if slices.Contains(sec.CapDrop, "ALL") {
+		opts = append(opts, oci.WithCapabilities(nil))
+	} else if len(sec.CapDrop) > 0 {
+		opts = append(opts, oci.WithDroppedCapabilities(sec.CapDrop))
+	}
+	if len(sec.CapAdd) > 0 {
+		opts = append(opts, oci.WithAddedCapabilities(sec.CapAdd))
 	}
 	return opts
 }

@@ -160,3 +160,74 @@ func TestContainersAreFencedOff(t *testing.T) {
 		}
 	}
 }
+
+// A service's security settings reach its process: a read-only root, a
+// user of its own, capabilities dropped; and every container runs without
+// NET_RAW.
+func TestSecuritySettings(t *testing.T) {
+	rt, _ := newRuntime(t, "t-security")
+	plain := web(1, nil)
+	locked := web(1, nil)
+	locked.Name = "locked"
+	locked.Security = &shoal.Security{ReadOnly: true, User: "4242:4343"}
+	// A user other than root may not bind a port below 1024.
+	locked.Ports = []shoal.Port{{Name: "http", Port: 80, Target: 8080, Protocol: shoal.ProtocolHTTP}}
+	capped := web(1, nil)
+	capped.Name = "capped"
+	capped.Security = &shoal.Security{CapDrop: []string{"ALL"}, CapAdd: []string{"CAP_NET_BIND_SERVICE"}}
+	rt.SetDesired("rev1", append(append(desired(plain), desired(locked)...), desired(capped)...))
+	waitFor(t, 30*time.Second, "3 healthy", healthy(rt, 3))
+	status := func(in shoal.Instance) map[string]string {
+		body, err := httpGet(fmt.Sprintf("http://%s/status", net.JoinHostPort(in.IP, strconv.Itoa(in.Targets["http"]))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]string{}
+		for _, l := range strings.Split(body, "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok {
+				out[k] = strings.Join(strings.Fields(v), " ")
+			}
+		}
+		return out
+	}
+	write := func(in shoal.Instance) int {
+		resp, err := http.Post(fmt.Sprintf("http://%s/write?path=/written", net.JoinHostPort(in.IP, strconv.Itoa(in.Targets["http"]))), "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	const capNetRaw = 1 << 13
+	const capNetBindService = 1 << 10
+	for _, in := range rt.Instances() {
+		st := status(in)
+		eff, err := strconv.ParseUint(st["CapEff"], 16, 64)
+		if err != nil {
+			t.Fatalf("%s: CapEff %q", in.Service, st["CapEff"])
+		}
+		if eff&capNetRaw != 0 {
+			t.Errorf("%s runs with NET_RAW (CapEff %x)", in.Service, eff)
+		}
+		if st["NoNewPrivs"] != "1" || st["Seccomp"] != "2" {
+			t.Errorf("%s: NoNewPrivs %q, Seccomp %q; want 1 and 2 (filtering)", in.Service, st["NoNewPrivs"], st["Seccomp"])
+		}
+		switch in.Service {
+		case "web":
+			if code := write(in); code != 200 {
+				t.Errorf("the default container could not write its root: %d", code)
+			}
+		case "locked":
+			if code := write(in); code != http.StatusForbidden {
+				t.Errorf("a read_only container wrote its root: %d", code)
+			}
+			if !strings.HasPrefix(st["Uid"], "4242 ") || !strings.HasPrefix(st["Gid"], "4343 ") {
+				t.Errorf("user: Uid %q Gid %q, want 4242 and 4343", st["Uid"], st["Gid"])
+			}
+		case "capped":
+			if eff != capNetBindService {
+				t.Errorf("capabilities %x, want only NET_BIND_SERVICE (%x)", eff, capNetBindService)
+			}
+		}
+	}
+}

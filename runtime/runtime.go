@@ -646,6 +646,7 @@ func (r *Runtime) start(ctx context.Context, d Desired, revision string) error {
 	if mode == NetworkHost {
 		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: r.cfg.NetNS}))
 	}
+	opts = append(opts, securityOpts(d.Service.Security)...)
 	opts = append(opts, hardening(r.cfg.PidsLimit)...)
 	if args := append(append([]string(nil), d.Service.Command...), d.Service.Args...); len(d.Service.Command) > 0 {
 		opts = append(opts, oci.WithProcessArgs(args...))

@@ -8,7 +8,8 @@
 // GET /healthz answers 200 while healthy; POST /fail and POST /recover flip
 // it, so a test can make a running instance unhealthy. GET /lookup?host=NAME
 // resolves NAME through the container's resolv.conf, one address a line.
-// GET /dial?addr=HOST:PORT&send=TEXT connects from inside the container,
+// GET /status answers /proc/self/status; POST /write?path=P writes a file
+// (403 with the error when it cannot). GET /dial?addr=HOST:PORT&send=TEXT connects from inside the container,
 // sends TEXT (\r\n for line ends) and answers what came back within a
 // second (until the answer holds &until=TEXT, if given): tests use it to
 // reach other services, and to prove what a container cannot reach (502
@@ -112,6 +113,21 @@ func main() {
 			}
 		}
 		w.Write(got)
+	})
+	// What the process may do, for the security tests: its
+	// /proc/self/status (Uid, Gid, CapEff), and whether it can write a file.
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		b, err := os.ReadFile("/proc/self/status")
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Write(b)
+	})
+	mux.HandleFunc("POST /write", func(w http.ResponseWriter, r *http.Request) {
+		if err := os.WriteFile(r.URL.Query().Get("path"), []byte("x"), 0o644); err != nil {
+			http.Error(w, err.Error(), http.StatusForbidden)
+		}
 	})
 	mux.HandleFunc("POST /log", func(w http.ResponseWriter, r *http.Request) {
 		// Write about n bytes of output, for log rotation tests.
