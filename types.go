@@ -105,6 +105,10 @@ type Job struct {
 	Constraints map[string]string `json:"constraints,omitempty"`
 	// Deadline bounds one run; zero means no deadline.
 	Deadline Duration `json:"deadline,omitempty"`
+	// StartingDeadline bounds how late a tick may still start (a tick the
+	// whole fleet missed, or one handed to the next node); zero: the
+	// latest missed tick runs however late, older ones never.
+	StartingDeadline Duration `json:"starting_deadline,omitempty"`
 
 	Source Source `json:"-"`
 }
@@ -274,6 +278,9 @@ type Instance struct {
 	StartedAt time.Time      `json:"started_at"`
 	Restarts  int            `json:"restarts"`
 	LastError string         `json:"last_error,omitempty"`
+	// ExitCode and ExitedAt say how and when an exited instance ended.
+	ExitCode int       `json:"exit_code,omitempty"`
+	ExitedAt time.Time `json:"exited_at,omitzero"`
 }
 
 // Record is what the mesh gossips about one instance: enough for DNS and the

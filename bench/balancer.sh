@@ -2,7 +2,9 @@
 # Issue #6: Shoal's balancer against HAProxy on the same three local HTTP
 # backends, measured with wrk: requests/s and p99 latency, with keep-alive
 # connections (forwarding) and with a new connection per request (accept,
-# pick, dial). Goal: ≥ 0.9× HAProxy's throughput, p99 ≤ 1.2×.
+# pick, dial). Goal: ≥ 0.9× HAProxy's throughput, p99 ≤ 1.2×; a verdict
+# line per mode says whether the medians meet it. Any response not 2xx or
+# 3xx, or any socket error, fails the script.
 #
 #	bench/balancer.sh                  # 10 s per run
 #	DURATION=30s bench/balancer.sh
@@ -61,15 +63,17 @@ for port in 19001 19002 19003 18080 18081; do
 	done
 done
 
-# run PORT [wrk args...] prints "requests/s p99-ms".
+# run PORT [wrk args...] prints "requests/s p99-ms", and fails (the
+# script with it) on any error response or socket error.
 run() {
 	local port=$1
 	shift
-	wrk -t2 -c"$CONNS" -d"$DURATION" --latency "$@" "http://127.0.0.1:$port/" | awk '
-		/Requests\/sec/ { rps = $2 }
-		$1 == "99%" { v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v)
-			ms = (u == "us") ? v / 1000 : (u == "s") ? v * 1000 : v }
-		END { printf "%.0f %.3f\n", rps, ms }'
+	wrk -t2 -c"$CONNS" -d"$DURATION" --latency "$@" "http://127.0.0.1:$port/" >"$tmp/wrk.out"
+	if ! bench_wrk "$tmp/wrk.out"; then
+		echo "balancer.sh: the run on port $port had errors:" >&2
+		cat "$tmp/wrk.out" >&2
+		return 1
+	fi
 }
 
 echo "wrk -t2 -c$CONNS -d$DURATION, three backends, 2 cores shared by everything; median of $ROUNDS pairs"
@@ -96,5 +100,7 @@ for mode in keepalive close; do
 			t = median(tr, n); p = median(pr, n)
 			printf "%-9s  shoal %7.0f req/s p99 %6.2f ms | haproxy %7.0f req/s p99 %6.2f ms (means) | ratio throughput %.2fx (%.2fx-%.2fx), p99 %.2fx (%.2fx-%.2fx)\n",
 				mode, srps / n, sp99 / n, hrps / n, hp99 / n, t, tr[1], tr[n], p, pr[1], pr[n]
+			printf "%-9s  goal (throughput >= 0.9x, p99 <= 1.2x): %s\n", mode, (t >= 0.9 && p <= 1.2) ? "met" : "NOT MET"
 		}'
 done
+echo "no error responses and no socket errors in any run"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Issue #6: queries per second of Shoal's DNS against unbound answering the
-# same names from local data, measured with dnsperf. Goal: ≥ 1.0× unbound.
+# same names from local data, measured with dnsperf. Goal: ≥ 1.0× unbound;
+# a verdict line says whether the median meets it. A lost query or an
+# answer other than NOERROR fails the script.
 #
 #	bench/dns.sh                 # 10 s per run, 20 services
 #	DURATION=30 bench/dns.sh
@@ -69,10 +71,15 @@ for port in 18600 18601; do
 	done
 done
 
-# qps PORT prints queries per second.
+# qps PORT prints queries per second, and fails (the script with it) on a
+# lost query or an answer other than NOERROR.
 qps() {
-	dnsperf -s 127.0.0.1 -p "$1" -d "$tmp/queries" -l "$DURATION" -c "$CLIENTS" -T 2 -q 200 |
-		awk '/Queries per second/ { print $4 }'
+	dnsperf -s 127.0.0.1 -p "$1" -d "$tmp/queries" -l "$DURATION" -c "$CLIENTS" -T 2 -q 200 >"$tmp/dnsperf.out"
+	if ! bench_dnsperf "$tmp/dnsperf.out"; then
+		echo "dns.sh: the run on port $1 had errors:" >&2
+		cat "$tmp/dnsperf.out" >&2
+		return 1
+	fi
 }
 echo "dnsperf -l $DURATION -c $CLIENTS, $SERVICES services × 3 A records, 2 cores shared by everything"
 qps 18600 >/dev/null # warm up both
@@ -93,4 +100,6 @@ printf '%s\n' "${ratios[@]}" | sort -n | awk -v s="${ss[*]}" -v u="${us[*]}" '
 		for (i = 1; i <= ns; i++) { st += a[i]; ut += b[i] }
 		med = (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
 		printf "shoal %.0f queries/s | unbound %.0f queries/s (means) | ratio %.2fx (median of %d pairs; %.2fx-%.2fx)\n", st / ns, ut / ns, med, NR, r[1], r[NR]
+		printf "goal (>= 1.0x unbound): %s\n", (med >= 1.0) ? "met" : "NOT MET"
 	}'
+echo "no query lost and every answer NOERROR in every run"

@@ -55,7 +55,11 @@ func buildShoal(t *testing.T) string {
 	return bin
 }
 
-func start(t *testing.T) *harness {
+func start(t *testing.T) *harness { return startFleet(t, "she2e", "10.213.9.0/24") }
+
+// startFleet starts the five-node fleet in namespaces named after prefix,
+// on subnet: fleets of different tests never share either.
+func startFleet(t *testing.T, prefix, subnet string) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	if keep := os.Getenv("SHOAL_E2E_DIR"); keep != "" {
@@ -63,7 +67,7 @@ func start(t *testing.T) *harness {
 		dir = keep
 	}
 	f, err := devfleet.Start(context.Background(), devfleet.Config{
-		Nodes: nodes, Prefix: "she2e", Subnet: "10.213.9.0/24", Binary: buildShoal(t), Dir: dir,
+		Nodes: nodes, Prefix: prefix, Subnet: subnet, Binary: buildShoal(t), Dir: dir,
 		// A slow poll: pushes must arrive by webhook and announcement.
 		Poll: 10 * time.Second,
 		// Trusted keys on: every commit is signed, unless a test says not.
@@ -680,9 +684,16 @@ func TestFleet(t *testing.T) {
 		}
 		// Put the good spec back for what follows; nothing needs to change.
 		fix := h.push("fix", map[string]string{"web.yaml": h.files["web.yaml"]})
-		h.waitFor(30*time.Second, "fixed", func() bool {
-			var st nodeStatus
-			return h.api(0, "/v1/status", &st) == nil && st.Revision == fix && h.settled()
+		// Every node at fix: one still before it would next fetch the
+		// unsigned head and never see fix.
+		h.waitFor(30*time.Second, "fixed on every node", func() bool {
+			for i := range h.nodes {
+				var st nodeStatus
+				if h.api(i, "/v1/status", &st) != nil || st.Revision != fix {
+					return false
+				}
+			}
+			return h.settled()
 		})
 		running = fingerprint(h.records(0))
 

@@ -66,7 +66,7 @@ func redisCmd(conn net.Conn, cmds, want string) (string, error) {
 // drops no request; containers cannot reach the agents' own ports; and
 // with all traffic entering one node every replica gets its share.
 func TestOffTheShelfFleet(t *testing.T) {
-	h := start(t)
+	h := startFleet(t, "shnet", "10.213.10.0/24")
 	httpdImg, err := imagebuild.BusyboxHTTPD(httpdPage + "\n")
 	if err != nil {
 		t.Fatal(err)

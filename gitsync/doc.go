@@ -21,7 +21,7 @@
 //   - Announce(commit) is for a commit heard from a peer: the syncer
 //     fetches until it is present, a bounded number of times with backoff,
 //     so one node that notices a push wakes the whole fleet. Announcements
-//     start at most one fetch per Config.AnnounceInterval (default 5 s).
+//     start at most one fetch per Config.AnnounceInterval (default 1 s).
 //
 // For each new head the syncer checks its history (a head that does not
 // descend from the revision in force is a force-push: refused by default

@@ -159,6 +159,16 @@ func poll(cond func() bool) bool {
 	return cond()
 }
 
+// within reports whether cond holds at some check before d passes.
+func within(d time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
+}
+
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(p []byte) (int, error) {
@@ -389,12 +399,23 @@ func TestAnnounce(t *testing.T) {
 	r.Push(false)
 	h.expect(c2)
 
-	// Announcing what is in force costs nothing.
+	// Announcing what is in force costs nothing. A fetch would start
+	// within the announce interval (10 ms) and take a few: none may come
+	// within fifty times that.
 	before = srv.Requests()
 	h.s.Announce(strings.ToUpper(c2))
 	h.s.Announce("not-a-hash")
-	if srv.Requests() != before {
-		t.Errorf("announce of the current commit fetched")
+	if within(500*time.Millisecond, func() bool { return srv.Requests() != before }) {
+		t.Errorf("announce of the current commit fetched: %d requests", srv.Requests()-before)
+	}
+	// The syncer still fetches when asked: one request for one trigger.
+	last := h.s.Status().LastFetch
+	h.s.Trigger()
+	if !poll(func() bool { return h.s.Status().LastFetch.After(last) }) {
+		t.Fatal("trigger did not fetch")
+	}
+	if got := srv.Requests() - before; got != 1 {
+		t.Errorf("%d requests for one idle fetch, want 1", got)
 	}
 }
 

@@ -581,7 +581,9 @@ func (d *DNS) answer(req *dns.Msg, name string, qtype uint16) *dns.Msg {
 	records := d.src()
 	known := map[string]bool{}
 	for _, r := range records {
-		known[r.Service] = true
+		if r.Port > 0 { // a record without a port is a job's run, no service
+			known[r.Service] = true
+		}
 	}
 	if d.cfg.Services != nil {
 		for _, s := range d.cfg.Services() {

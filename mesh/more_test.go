@@ -837,7 +837,7 @@ func FuzzUserEvent(f *testing.F) {
 // answers each "recs" query for chunk i with answer(i), or not at all when
 // that is nil. It speaks the wire protocol the way a broken or hostile
 // peer might.
-func startRawPeer(t *testing.T, name, join string, tags map[string]string, answer func(i uint32) []byte) {
+func startRawPeer(t *testing.T, name, join string, tags map[string]string, answer func(i uint32) []byte) *serf.Serf {
 	t.Helper()
 	events := make(chan serf.Event, 256)
 	sc := serf.DefaultConfig()
@@ -878,6 +878,7 @@ func startRawPeer(t *testing.T, name, join string, tags map[string]string, answe
 	if _, err := s.Join([]string{join}, true); err != nil {
 		t.Fatal(err)
 	}
+	return s
 }
 
 // frame is a "recs" answer: the chunk count, then the chunk.
@@ -985,7 +986,7 @@ func TestRecordsQueryProtocol(t *testing.T) {
 	// Hostile or broken peers.
 	good := bigSet("good", 20)
 	goodEnc := encodeSet("good", good)
-	badRecord := []byte(`{"node":"badrecord","d":"x","r":[{"s":"web","i":0,"a":"127.0.0.1","n":"http","p":0}]}`)
+	badRecord := []byte(`{"node":"badrecord","d":"x","r":[{"s":"web","i":0,"a":"127.0.0.1","n":"http","p":70000}]}`)
 	wrongDigest := bytes.Replace(encodeSet("baddigest", good), []byte(`"d":"`), []byte(`"d":"00`), 1)
 	peers := []struct {
 		name   string
@@ -1044,30 +1045,64 @@ func TestRecordsQueryProtocol(t *testing.T) {
 // still waiting out its query timeout when a newer set arrives by event,
 // must not put the older set back: a peer's records only move forward.
 // (They went back for about a second, until anti-entropy pulled again —
-// long enough for DNS and the balancer to lose a healthy instance.)
+// long enough for DNS and the balancer to lose a healthy instance.) The
+// owner is a raw peer that holds its answer (the set it had when asked)
+// until the newer set, sent by event, is on the asker: the order the test
+// needs, waited for rather than slept.
 func TestPullNeverRestoresAnOlderSet(t *testing.T) {
 	asker := startAgent(t, Config{NodeName: "asker"})
-	owner := startAgent(t, Config{NodeName: "owner", Join: []string{asker.m.LocalAddr()}})
-	waitFor(t, 10*time.Second, "joined", func() bool { return alive(asker) == 2 && alive(owner) == 2 })
 	set := func(port int) []shoal.Record {
 		return []shoal.Record{{Service: "web", Node: "owner", Addr: "127.0.0.1", PortName: "http", Port: port, Healthy: true}}
 	}
-	owner.m.SetLocalRecords(set(20000))
+	var mu sync.Mutex
+	current := set(20000)
+	var hold chan struct{}          // when set, the next answer waits for it
+	asked := make(chan struct{}, 1) // that answer's query came
+	answer := func(i uint32) []byte {
+		mu.Lock()
+		b := chunked(encodeSet("owner", current))(i) // the set it has when asked
+		h := hold
+		hold = nil
+		mu.Unlock()
+		if h != nil {
+			asked <- struct{}{}
+			<-h
+		}
+		return b
+	}
+	owner := startRawPeer(t, "owner", asker.m.LocalAddr(), map[string]string{"d": digestOf(current)}, answer)
 	waitFor(t, 10*time.Second, "first set on the asker", func() bool { return slices.Equal(asker.m.Records(), set(20000)) })
-	for round := 1; round <= 3; round++ {
-		port := 20000 + round
-		pulled := make(chan struct{})
-		go func() { asker.m.pull("owner"); close(pulled) }()
-		// Not a wait for a condition: this orders the owner's answer (a
-		// gossip round, tens of ms) before the change. Were the answer
-		// later, it would carry the new set and the test prove nothing,
-		// but it could not fail.
-		time.Sleep(200 * time.Millisecond)
-		owner.m.SetLocalRecords(set(port))
+	round := 1
+	for port := 20001; round <= 3 && port <= 20010; port++ {
+		release := make(chan struct{})
+		mu.Lock()
+		hold = release
+		mu.Unlock()
+		pulled := make(chan error, 1)
+		go func() { pulled <- asker.m.pull("owner") }()
+		select {
+		case <-asked:
+		case <-time.After(10 * time.Second):
+			close(release)
+			t.Fatalf("round %d: the owner was never asked", round)
+		}
+		// Asked, and holding its answer with the older set: the newer set
+		// goes out by event, the owner's tags vouching for it.
+		mu.Lock()
+		current = set(port)
+		mu.Unlock()
+		if err := owner.SetTags(map[string]string{"d": digestOf(set(port))}); err != nil {
+			t.Fatal(err)
+		}
+		if err := owner.UserEvent("rec", encodeSet("owner", set(port)), false); err != nil {
+			t.Fatal(err)
+		}
 		waitFor(t, 10*time.Second, "the new set by event", func() bool { return slices.Equal(asker.m.Records(), set(port)) })
+		close(release)
+		var err error
 		for done := false; !done; {
 			select {
-			case <-pulled:
+			case err = <-pulled:
 				done = true
 			case <-time.After(5 * time.Millisecond):
 			}
@@ -1075,6 +1110,19 @@ func TestPullNeverRestoresAnOlderSet(t *testing.T) {
 				t.Fatalf("round %d: the asker went back to %v after holding port %d", round, got, port)
 			}
 		}
+		switch {
+		case err != nil && strings.Contains(err.Error(), "no answer"):
+			// The event took longer than the pull's query timeout: the
+			// older answer never came; try the round again.
+			t.Logf("round %d: the event outlasted the query; again", round)
+		case err == nil || !strings.Contains(err.Error(), "a set came by event during the pull"):
+			t.Fatalf("round %d: pull returned %v, want the older answer refused", round, err)
+		default:
+			round++
+		}
+	}
+	if round <= 3 {
+		t.Fatalf("only %d of 3 rounds ordered in 10 tries", round-1)
 	}
 }
 

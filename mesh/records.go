@@ -143,7 +143,8 @@ func decodeSet(b []byte) (recordSet, []shoal.Record, error) {
 	}
 	rs := make([]shoal.Record, 0, len(set.Records))
 	for _, w := range set.Records {
-		if w.S == "" || w.P <= 0 || w.P > 65535 || w.I < 0 {
+		// Port 0: a record of something that listens nowhere (a job run).
+		if w.S == "" || w.P < 0 || w.P > 65535 || w.I < 0 {
 			return set, nil, errors.New("decode records: bad record")
 		}
 		rs = append(rs, shoal.Record{Service: w.S, Slot: w.I, Node: set.Node, Addr: w.A, PortName: w.N, Port: w.P, Revision: w.R, Spec: shoal.ShortSpec(w.X), Healthy: w.H})

@@ -152,6 +152,18 @@ func backends(t *testing.T, n int) []*httptest.Server {
 	return out
 }
 
+// deadRecord is a record of a port nothing listens on.
+func deadRecord(t *testing.T, slot int, node string) shoal.Record {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	return shoal.Record{Service: "web", Slot: slot, Node: node, Addr: "127.0.0.1", PortName: "http", Port: port, Healthy: true}
+}
+
 func recordFor(s *httptest.Server, slot int, node string) shoal.Record {
 	host, port, _ := net.SplitHostPort(strings.TrimPrefix(s.URL, "http://"))
 	p, _ := strconv.Atoi(port)
@@ -194,6 +206,25 @@ func TestBalancer(t *testing.T) {
 		}
 	}
 
+	// A record at a closed port beside a live one: every connection still
+	// succeeds, through a refused dial retried on the live instance.
+	dead := deadRecord(t, 9, "n9")
+	mu.Lock()
+	recs = []shoal.Record{dead, recordFor(bs[0], 0, "n1")}
+	mu.Unlock()
+	before := lb.Stats()["web"].DialFailures
+	for i := 0; i < 20; i++ {
+		if body, err := get(); err != nil || body != "b0" {
+			t.Fatalf("request %d with a dead instance listed: %q, %v", i, body, err)
+		}
+	}
+	if n := lb.Stats()["web"].DialFailures - before; n == 0 {
+		t.Errorf("no refused dial counted with a closed port listed first")
+	}
+	mu.Lock()
+	recs = []shoal.Record{recordFor(bs[0], 0, "n1"), recordFor(bs[1], 1, "n2"), recordFor(bs[2], 2, "n3")}
+	mu.Unlock()
+
 	// Kill one backend mid-load: its record goes away shortly after (as
 	// health checks would see). Only requests in flight on it at that
 	// moment may fail — at most one per worker — because a refused dial is
@@ -201,6 +232,9 @@ func TestBalancer(t *testing.T) {
 	var failed, ok atomic.Int64
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
+	var stopOnce sync.Once
+	stopLoad := func() { stopOnce.Do(func() { close(stop); wg.Wait() }) }
+	defer stopLoad()
 	for w := 0; w < 4; w++ {
 		wg.Add(1)
 		go func() {
@@ -219,22 +253,29 @@ func TestBalancer(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(200 * time.Millisecond) // let load build up before the kill
+	served := func(n int64) func() bool { return func() bool { return ok.Load() >= n } }
+	waitFor(t, 10*time.Second, "100 requests served before the kill", served(100))
+	dialFailures := lb.Stats()["web"].DialFailures
 	bs[1].Close()
-	time.Sleep(200 * time.Millisecond)
+	// Its record is still listed: dials to it are refused and retried.
+	waitFor(t, 10*time.Second, "a refused dial to the killed backend", func() bool {
+		return lb.Stats()["web"].DialFailures > dialFailures
+	})
+	waitFor(t, 10*time.Second, "100 more requests served with the dead backend listed", served(ok.Load()+100))
 	mu.Lock()
 	recs = []shoal.Record{recordFor(bs[0], 0, "n1"), recordFor(bs[2], 2, "n3")}
 	mu.Unlock()
-	time.Sleep(200 * time.Millisecond)
-	close(stop)
-	wg.Wait()
+	deadAddr := backendAddr(recordFor(bs[1], 1, "n2"))
+	waitFor(t, 10*time.Second, "the balancer to drop the killed backend", func() bool {
+		return !slices.ContainsFunc(lb.candidates(Route{Service: "web", PortName: "http", Port: port}), func(c candidate) bool { return c.addr == deadAddr })
+	})
+	waitFor(t, 10*time.Second, "100 more requests served after the record went", served(ok.Load()+100))
+	stopLoad()
 	if n := failed.Load(); n > 4 {
 		t.Errorf("%d requests failed while a backend died (of %d); at most the 4 in flight may", n, n+ok.Load())
 	}
-	t.Logf("backend killed under load: %d requests ok, %d failed (in flight)", ok.Load(), failed.Load())
-	if st := lb.Stats()["web"]; st.DialFailures == 0 {
-		t.Logf("no dial hit the dead backend before its record went (stats %+v)", st)
-	}
+	t.Logf("backend killed under load: %d requests ok, %d failed (in flight), %d dials refused and retried",
+		ok.Load(), failed.Load(), lb.Stats()["web"].DialFailures-dialFailures)
 
 	// A new backend gets traffic.
 	mu.Lock()

@@ -54,22 +54,44 @@ func Diff(old, new *Placement) Changes {
 	return c
 }
 
-// Runner returns the node that runs a cron job's tick: the highest weighted
-// rendezvous score for (job, tick) among the nodes that match the job's
-// constraints and could hold its resources at all. Every node computes the
-// same runner from the same members, so each tick runs once.
+// Runner returns the node that runs a cron job's tick: the first of
+// RunnerRank. Every node computes the same runner from the same members,
+// so each tick runs once.
 func Runner(job *shoal.Job, tick time.Time, nodes []shoal.Node) (string, bool) {
+	rank := RunnerRank(job, tick, nodes)
+	if len(rank) == 0 {
+		return "", false
+	}
+	return rank[0], true
+}
+
+// RunnerRank orders the nodes that may run a cron job's tick, best first:
+// by weighted rendezvous score for (job, tick) among the nodes that match
+// the job's constraints and could hold its resources at all. When the
+// first cannot take the tick, the next in rank does.
+func RunnerRank(job *shoal.Job, tick time.Time, nodes []shoal.Node) []string {
 	key := slotKey(hashString(job.Name), int(tick.Unix()))
-	best, bestScore := "", 0.0
+	type cand struct {
+		name  string
+		score float64
+	}
+	var cs []cand
 	for _, n := range nodes {
 		w := Weight(n)
 		if w <= 0 || !matches(n, job.Constraints) || n.CPU+cpuEpsilon < job.Resources.CPU || n.Memory < job.Resources.Memory {
 			continue
 		}
-		sc := score(w, mix64(key^hashString(n.Name)))
-		if best == "" || sc > bestScore || (sc == bestScore && n.Name < best) {
-			best, bestScore = n.Name, sc
-		}
+		cs = append(cs, cand{n.Name, score(w, mix64(key^hashString(n.Name)))})
 	}
-	return best, best != ""
+	sort.Slice(cs, func(i, j int) bool {
+		if cs[i].score != cs[j].score {
+			return cs[i].score > cs[j].score
+		}
+		return cs[i].name < cs[j].name
+	})
+	out := make([]string, len(cs))
+	for i, c := range cs {
+		out[i] = c.name
+	}
+	return out
 }

@@ -320,8 +320,9 @@ func onTopChoices(spec *shoal.Spec, nodes []shoal.Node, p *placement.Placement) 
 }
 
 func TestPropertyNodeLeaveMovesOnlyItsSlots(t *testing.T) {
+	var runs, exact int
 	rapid.Check(t, func(t *rapid.T) {
-		nodes, spec := genFleet(t, true) // capacity not binding
+		nodes, spec := genMovementFleet(t)
 		if len(nodes) < 2 {
 			return
 		}
@@ -349,26 +350,66 @@ func TestPropertyNodeLeaveMovesOnlyItsSlots(t *testing.T) {
 			}
 		}
 		// Exact when neither plan has a spread collision; see doc.go.
-		if extra > 0 && onTopChoices(spec, nodes, before) && onTopChoices(spec, rest, after) {
-			t.Fatalf("removing %s moved %d other slots: %+v", nodes[gone].Name, extra, c.Moved)
+		runs++
+		if len(before.Assignments) > 0 && onTopChoices(spec, nodes, before) && onTopChoices(spec, rest, after) {
+			exact++
+			if extra > 0 {
+				t.Fatalf("removing %s moved %d other slots: %+v", nodes[gone].Name, extra, c.Moved)
+			}
 		}
 	})
+	checkExactRan(t, exact, runs)
 }
 
 func TestPropertyNodeJoinMovesOnlyToIt(t *testing.T) {
+	var runs, exact int
 	rapid.Check(t, func(t *rapid.T) {
-		nodes, spec := genFleet(t, true)
+		nodes, spec := genMovementFleet(t)
 		before := placement.Plan(spec, nodes)
 		joined := node("zz-new", 400, 400<<30, "zone=a", "tier=front")
 		withNew := append(append([]shoal.Node(nil), nodes...), joined)
 		after := placement.Plan(spec, withNew)
 		checkInvariants(t, spec, withNew, after)
+		runs++
+		if len(before.Assignments) == 0 || !onTopChoices(spec, nodes, before) || !onTopChoices(spec, withNew, after) {
+			return
+		}
+		exact++
 		for _, m := range placement.Diff(before, after).Moved {
-			if m.To != joined.Name && onTopChoices(spec, nodes, before) && onTopChoices(spec, withNew, after) {
+			if m.To != joined.Name {
 				t.Fatalf("join moved %s/%d from %s to %s, not to the new node", m.Service, m.Slot, m.From, m.To)
 			}
 		}
 	})
+	checkExactRan(t, exact, runs)
+}
+
+// genMovementFleet is genFleet with capacity to spare and, in three
+// cases of four, every service spread by node with at most 3 replicas and no
+// constraint: the exact
+// movement bound holds only without spread collisions, which many
+// replicas on few nodes nearly always have, so the properties would
+// otherwise check it in about 4 % of their cases (now about 23 %).
+func genMovementFleet(t *rapid.T) ([]shoal.Node, *shoal.Spec) {
+	nodes, spec := genFleet(t, true)
+	if rapid.IntRange(0, 3).Draw(t, "few replicas spread by node") > 0 {
+		for i := range spec.Services {
+			spec.Services[i].Spread = "node"
+			spec.Services[i].Replicas = min(spec.Services[i].Replicas, 3)
+			spec.Services[i].Constraints = nil
+		}
+	}
+	return nodes, spec
+}
+
+// checkExactRan fails a movement property whose exact check (no spread
+// collision in either plan) ran in too few of its cases to mean much.
+func checkExactRan(t *testing.T, exact, runs int) {
+	t.Helper()
+	t.Logf("exact movement checked in %d of %d cases", exact, runs)
+	if exact*10 < runs {
+		t.Errorf("exact movement checked in only %d of %d cases, want a tenth at least", exact, runs)
+	}
 }
 
 // churn measures the slots moved when each node in turn leaves, and when a
@@ -397,8 +438,10 @@ func churn(t *testing.T, nodes []shoal.Node, spec *shoal.Spec, leavers []int) (l
 func TestChurn(t *testing.T) {
 	leave, join := churn(t, fleet(1000), specOf(10000), []int{0, 1, 2, 500})
 	t.Logf("1,000 nodes: leave moved ≤ %.2f× the slots the node held; join ≤ %.2f× the ideal", leave, join)
-	if leave > 1.3 || join > 1.3 {
-		t.Errorf("1,000 nodes: leave %.2f×, join %.2f×, want ≤ 1.3×", leave, join)
+	// Measured 1.00× and 0.93× (doc.go); issue 22 asked for 1.3×. A leave
+	// above 1× moves slots of nodes that stayed.
+	if leave > 1.0 || join > 1.0 {
+		t.Errorf("1,000 nodes: leave %.2f×, join %.2f×, want ≤ 1.0× (measured 1.00×, 0.93×)", leave, join)
 	}
 	small := &shoal.Spec{}
 	for i := range 400 {
@@ -412,8 +455,8 @@ func TestChurn(t *testing.T) {
 	t.Logf("5 nodes: leave moved ≤ %.2f× the slots the node held; join ≤ %.2f× the ideal", leave, join)
 	// Issue 22 asks for 1.3×; with exact shares on 5 nodes this scheme
 	// measures 1.86× and 1.79× (doc.go). This keeps it from growing.
-	if leave > 2.0 || join > 2.0 {
-		t.Errorf("5 nodes: leave %.2f×, join %.2f×, want ≤ 2.0×", leave, join)
+	if leave > 1.9 || join > 1.85 {
+		t.Errorf("5 nodes: leave %.2f×, join %.2f×, want ≤ 1.9× and 1.85× (measured 1.86×, 1.79×)", leave, join)
 	}
 }
 

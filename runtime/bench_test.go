@@ -6,10 +6,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +25,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/shoal-run/shoal"
+	"github.com/shoal-run/shoal/mesh"
 	"github.com/shoal-run/shoal/runtime"
 )
 
@@ -333,4 +338,111 @@ func BenchmarkStartHealthy(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkBalancerBackends measures requests through the mesh balancer
+// (a new connection each) to two testapp replicas run with host
+// networking, on the bridge dialed at their container addresses (as a
+// node's balancer dials its own), and on the bridge through their host
+// ports (as peers reach them). Issue #14's goal: bridged ≥ 0.9× host.
+// bench/network.sh compares them.
+func BenchmarkBalancerBackends(b *testing.B) {
+	for _, c := range []struct{ name, mode, local string }{
+		{"backends=host", runtime.NetworkHost, "n1"},
+		{"backends=bridge-direct", runtime.NetworkBridge, "n1"},
+		{"backends=bridge-hostport", runtime.NetworkBridge, "elsewhere"},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			client := benchEnv(b)
+			rt, err := runtime.New(context.Background(), runtime.Config{
+				Socket: socket, Namespace: benchNS, DataDir: b.TempDir(), NodeName: "n1",
+				PortLow: benchRuntimePorts, PortHigh: benchRuntimePorts + 199, Parallel: benchParallel,
+				Network: runtime.NetworkConfig{Mode: c.mode, Bridge: "shbench0", Subnet: "10.94.0.0/24"},
+				Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { rt.Run(ctx); close(done) }()
+			defer func() {
+				rt.Drain(context.Background())
+				cancel()
+				<-done
+				rt.RemoveNetwork()
+				rt.Close()
+				removeBenchContainers(b, client)
+			}()
+			rt.SetDesired("bench", desired(web(2, nil)))
+			deadline := time.Now().Add(time.Minute)
+			for !healthy(rt, 2)() {
+				if time.Now().After(deadline) {
+					b.Fatalf("not healthy: %+v", rt.Instances())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			// Peers reach host ports at the node's address, not loopback
+			// (which takes the kernel's slower route_localnet path).
+			recs := shoal.RecordsFor("n1", nodeAddr(b), rt.Instances())
+			lb := mesh.NewBalancer(mesh.BalancerConfig{ListenHost: "127.0.0.1", LocalNode: c.local, Loops: 1,
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, func() []shoal.Record { return recs })
+			defer lb.Close()
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			port := ln.Addr().(*net.TCPAddr).Port
+			ln.Close()
+			lb.SetRoutes([]mesh.Route{{Service: "web", PortName: "http", Port: port}})
+			url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+			hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+			get := func() error {
+				resp, err := hc.Get(url)
+				if err != nil {
+					return err
+				}
+				_, err = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					return fmt.Errorf("status %d", resp.StatusCode)
+				}
+				return err
+			}
+			for deadline := time.Now().Add(10 * time.Second); get() != nil; time.Sleep(20 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					b.Fatal("the balancer never answered")
+				}
+			}
+			var failed atomic.Int64
+			b.ResetTimer()
+			b.SetParallelism(4)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if get() != nil {
+						failed.Add(1)
+					}
+				}
+			})
+			b.StopTimer()
+			if n := failed.Load(); n > 0 {
+				b.Fatalf("%d requests failed", n)
+			}
+		})
+	}
+}
+
+// nodeAddr is this machine's first non-loopback IPv4 address.
+func nodeAddr(b *testing.B) string {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil && !strings.HasPrefix(ipn.IP.String(), "10.94.") {
+			return ipn.IP.String()
+		}
+	}
+	b.Fatal("no non-loopback IPv4 address")
+	return ""
 }

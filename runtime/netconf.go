@@ -82,7 +82,7 @@ func ParseSubnet(s string) (netip.Prefix, netip.Addr, error) {
 
 // cniConfList is the network configuration the agent writes for itself: a
 // bridge with host-local addresses (kept under dataDir, so they go with the
-// agent's data) and host ports mapped by portmap.
+// agent's data). Host ports and NAT are the agent's own rules (network.go).
 func cniConfList(bridge string, subnet netip.Prefix, ipamDir string) []byte {
 	type obj = map[string]any
 	list := obj{
@@ -90,9 +90,9 @@ func cniConfList(bridge string, subnet netip.Prefix, ipamDir string) []byte {
 		"name":       "shoal-" + bridge,
 		"plugins": []obj{
 			{
-				// Outbound NAT is one rule for the subnet (network.writeNAT),
-				// not the plugin's chain per container, which its DEL leaves
-				// behind once the container's namespace is gone.
+				// Outbound NAT is one rule for the subnet (masqRules), not the
+				// plugin's chain per container, which its DEL leaves behind
+				// once the container's namespace is gone.
 				"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
 				// Hairpin: a container may reach its own published port.
 				"hairpinMode": true,
@@ -103,17 +103,13 @@ func cniConfList(bridge string, subnet netip.Prefix, ipamDir string) []byte {
 					"dataDir": ipamDir,
 				},
 			},
-			// snat makes a container's connection to a host port that maps
-			// back onto the same bridge (hairpin) come back the way it went.
-			{"type": "portmap", "capabilities": obj{"portMappings": true}, "snat": true},
 		},
 	}
 	b, _ := json.MarshalIndent(list, "", "  ")
 	return b
 }
 
-// portMapping is one host port → container port mapping in the form the
-// portmap plugin's portMappings capability takes.
+// portMapping is one host port → container port mapping.
 type portMapping struct {
 	HostPort      int    `json:"hostPort"`
 	ContainerPort int    `json:"containerPort"`
@@ -182,10 +178,57 @@ func forwardRules(bridge string, denyPorts []int) [][]string {
 	)
 }
 
-// masqRule is the nat POSTROUTING rule that gives containers outbound
-// NAT: what leaves the subnet by another interface than the bridge.
-func masqRule(bridge string, subnet netip.Prefix) []string {
-	return []string{"-s", subnet.String(), "!", "-o", bridge, "-m", "comment", "--comment", "shoal " + bridge, "-j", "MASQUERADE"}
+// masqRules are the nat POSTROUTING rules of a bridge: outbound NAT for
+// what leaves the subnet by another interface (unless the operator's own
+// configuration does it), and NAT for connections to a host port that
+// come back onto the bridge, from a container (hairpin) or from the
+// node's loopback, so their replies return the way they came.
+func masqRules(bridge string, subnet netip.Prefix, outbound bool) [][]string {
+	c := []string{"-m", "comment", "--comment", "shoal " + bridge, "-j", "MASQUERADE"}
+	rules := [][]string{
+		append([]string{"-o", bridge, "-m", "conntrack", "--ctstate", "DNAT", "-s", subnet.String()}, c...),
+		append([]string{"-o", bridge, "-s", "127.0.0.0/8"}, c...),
+	}
+	if outbound {
+		rules = append(rules, append([]string{"-s", subnet.String(), "!", "-o", bridge}, c...))
+	}
+	return rules
+}
+
+// dnatChain holds a bridge's host-port rules.
+func dnatChain(bridge string) string { return "SHOAL-DNAT-" + bridge }
+
+// dnatJump sends connections to any of the node's addresses through it.
+func dnatJump(bridge string) []string {
+	return []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", dnatChain(bridge)}
+}
+
+// dnatRule maps one host port to a container; the comment names the
+// container, so its rules can be found again after an agent restart.
+func dnatRule(id string, ip netip.Addr, m portMapping) []string {
+	return []string{"-p", "tcp", "-m", "tcp", "--dport", strconv.Itoa(m.HostPort),
+		"-m", "comment", "--comment", "shoal:" + id,
+		"-j", "DNAT", "--to-destination", netip.AddrPortFrom(ip, uint16(m.ContainerPort)).String()}
+}
+
+// parseDNATRule reads a rule as iptables lists it ("-A CHAIN ...") back
+// into its container and its spec; ok is false for other lines.
+func parseDNATRule(line string) (id string, spec []string, ok bool) {
+	f := strings.Fields(line)
+	if len(f) < 3 || f[0] != "-A" {
+		return "", nil, false
+	}
+	spec = f[2:]
+	for i := 0; i+1 < len(spec); i++ {
+		if spec[i] == "--comment" {
+			if id, ok := strings.CutPrefix(strings.Trim(spec[i+1], `"`), "shoal:"); ok {
+				spec = append([]string(nil), spec...)
+				spec[i+1] = "shoal:" + id
+				return id, spec, true
+			}
+		}
+	}
+	return "", nil, false
 }
 
 func compactInts(s []int) []int {

@@ -115,11 +115,31 @@ func TestGeneratedConfList(t *testing.T) {
 	if err := json.Unmarshal(b, &v); err != nil {
 		t.Fatal(err)
 	}
-	if v.Name != "shoal-shoal0" || len(v.Plugins) != 2 || v.Plugins[0]["type"] != "bridge" || v.Plugins[1]["type"] != "portmap" {
+	if v.Name != "shoal-shoal0" || len(v.Plugins) != 1 || v.Plugins[0]["type"] != "bridge" || v.Plugins[0]["ipMasq"] != false {
 		t.Fatalf("conflist %s", b)
 	}
 	ipam := v.Plugins[0]["ipam"].(map[string]any)
 	if ipam["dataDir"] != "/var/lib/shoal/runtime/cni/ipam" || !strings.Contains(string(b), `"gateway": "10.89.0.1"`) {
 		t.Errorf("ipam %v", ipam)
+	}
+}
+
+func TestDNATRuleRoundTrip(t *testing.T) {
+	ip := netip.MustParseAddr("10.89.0.7")
+	spec := dnatRule("web-0-abc", ip, portMapping{HostPort: 20001, ContainerPort: 80})
+	// As iptables -S prints it back.
+	line := "-A SHOAL-DNAT-shoal0 " + strings.Join(spec, " ")
+	line = strings.Replace(line, "shoal:web-0-abc", `"shoal:web-0-abc"`, 1)
+	id, got, ok := parseDNATRule(line)
+	if !ok || id != "web-0-abc" || !reflect.DeepEqual(got, spec) {
+		t.Errorf("parse %q = %q %q %v, want %q", line, id, got, ok, spec)
+	}
+	for _, other := range []string{"-N SHOAL-DNAT-shoal0", "-A X -j ACCEPT", "-A X -m comment --comment other -j DNAT"} {
+		if _, _, ok := parseDNATRule(other); ok {
+			t.Errorf("%q read as a host-port rule", other)
+		}
+	}
+	if !strings.Contains(strings.Join(spec, " "), "--to-destination 10.89.0.7:80") {
+		t.Errorf("rule %q", spec)
 	}
 }

@@ -18,10 +18,12 @@ import (
 	"syscall"
 
 	"github.com/containernetworking/cni/libcni"
-	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/invoke"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/coreos/go-iptables/iptables"
 	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
 )
 
 // network attaches containers to the node's bridge with CNI and keeps the
@@ -40,7 +42,7 @@ type network struct {
 }
 
 // requiredPlugins are the CNI plugins the generated configuration uses.
-var requiredPlugins = []string{"bridge", "host-local", "portmap", "loopback"}
+var requiredPlugins = []string{"bridge", "host-local"}
 
 // newNetwork checks the plugins, makes the bridge and the filter rules.
 // Every failure names its fix: the agent stops at start rather than run
@@ -62,12 +64,39 @@ func newNetwork(_ context.Context, cfg NetworkConfig, dataDir string, log *slog.
 	if err := n.writeFilter(nil); err != nil {
 		return nil, err
 	}
-	if n.cfg.ConfDir == "" {
-		if err := n.ipt.AppendUnique("nat", "POSTROUTING", masqRule(n.cfg.Bridge, n.subnet)...); err != nil {
-			return nil, fmt.Errorf("iptables outbound NAT: %w", err)
-		}
+	if err := n.setupNAT(); err != nil {
+		return nil, err
 	}
 	return n, nil
+}
+
+// setupNAT makes the host-port chain and the masquerade rules: outbound
+// NAT for what leaves the subnet, and for a connection to a host port
+// that comes back onto the bridge (hairpin, and from the node's loopback)
+// so that its replies return the way it came.
+func (n *network) setupNAT() error {
+	chain := dnatChain(n.cfg.Bridge)
+	if ok, _ := n.ipt.ChainExists("nat", chain); !ok {
+		if err := n.ipt.NewChain("nat", chain); err != nil {
+			return fmt.Errorf("iptables chain %s: %w", chain, err)
+		}
+	}
+	for _, from := range []string{"PREROUTING", "OUTPUT"} {
+		if err := n.ipt.InsertUnique("nat", from, 1, dnatJump(n.cfg.Bridge)...); err != nil {
+			return fmt.Errorf("iptables %s: %w", from, err)
+		}
+	}
+	for _, r := range masqRules(n.cfg.Bridge, n.subnet, n.cfg.ConfDir == "") {
+		if err := n.ipt.AppendUnique("nat", "POSTROUTING", r...); err != nil {
+			return fmt.Errorf("iptables NAT: %w", err)
+		}
+	}
+	// A host port reached from the node's own loopback is routed to the
+	// bridge with its 127.x source until masqueraded.
+	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+n.cfg.Bridge+"/route_localnet", []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("host ports from loopback: %w", err)
+	}
+	return nil
 }
 
 // CleanNetwork releases every address and rule a node's container network
@@ -115,7 +144,10 @@ func loadNetwork(cfg NetworkConfig, dataDir string, log *slog.Logger) (*network,
 	if n.list, err = libcni.ConfListFromBytes(listBytes); err != nil {
 		return nil, fmt.Errorf("CNI network configuration: %w", err)
 	}
-	n.cni = libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, filepath.Join(dataDir, "cni", "cache"), nil)
+	// An explicit Exec: libcni makes its default lazily, unsafely for
+	// concurrent calls.
+	exec := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}
+	n.cni = libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, filepath.Join(dataDir, "cni", "cache"), exec)
 	if n.ipt, err = iptables.New(); err != nil {
 		return nil, fmt.Errorf("iptables: %w (apt-get install iptables)", err)
 	}
@@ -247,67 +279,106 @@ func (n *network) fillChain(chain string, rules [][]string) error {
 // AllowServicePorts lets containers reach the balancer on these ports.
 func (n *network) allowServicePorts(ports []int) error { return n.writeFilter(ports) }
 
-func (n *network) runtimeConf(id, netns string, maps []portMapping) *libcni.RuntimeConf {
-	rc := &libcni.RuntimeConf{ContainerID: id, NetNS: netns, IfName: "eth0"}
-	if maps != nil {
-		rc.CapabilityArgs = map[string]any{"portMappings": maps}
-	}
-	return rc
+func (n *network) runtimeConf(id, netns string) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{ContainerID: id, NetNS: netns, IfName: "eth0"}
 }
 
 // attach puts the network namespace of a created task (its init process
 // pid) on the bridge and maps its host ports; it returns the address.
 func (n *network) attach(ctx context.Context, id string, pid uint32, maps []portMapping) (netip.Addr, error) {
-	unlock := lockCNI()
+	unlock := lockCNI(syscall.LOCK_SH)
 	defer unlock()
 	netns := fmt.Sprintf("/proc/%d/ns/net", pid)
 	// A leftover attachment of the same container (an earlier task of a
 	// restarted one) goes first: its address and rules are stale.
-	if _, err := n.cni.GetNetworkListCachedResult(n.list, n.runtimeConf(id, "", nil)); err == nil {
-		n.del(ctx, id, maps)
+	if _, err := n.cni.GetNetworkListCachedResult(n.list, n.runtimeConf(id, "")); err == nil {
+		n.del(ctx, id)
 	}
-	lo := &libcni.PluginConfig{Network: &types.PluginConf{CNIVersion: "1.0.0", Name: "lo", Type: "loopback"}, Bytes: []byte(`{"cniVersion":"1.0.0","name":"lo","type":"loopback"}`)}
-	if _, err := n.cni.AddNetwork(ctx, lo, &libcni.RuntimeConf{ContainerID: id, NetNS: netns, IfName: "lo"}); err != nil {
+	if err := loopbackUp(netns); err != nil {
 		return netip.Addr{}, fmt.Errorf("loopback of %s: %w", id, err)
 	}
-	res, err := n.cni.AddNetworkList(ctx, n.list, n.runtimeConf(id, netns, maps))
+	res, err := n.cni.AddNetworkList(ctx, n.list, n.runtimeConf(id, netns))
 	if err != nil {
-		n.cni.DelNetworkList(context.WithoutCancel(ctx), n.list, n.runtimeConf(id, netns, maps))
+		n.cni.DelNetworkList(context.WithoutCancel(ctx), n.list, n.runtimeConf(id, netns))
 		return netip.Addr{}, fmt.Errorf("attach %s to %s: %w", id, n.list.Name, err)
 	}
 	r, err := types100.NewResultFromResult(res)
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("attach %s: result: %w", id, err)
 	}
+	var ip netip.Addr
 	for _, ipc := range r.IPs {
 		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok && a.Unmap().Is4() {
-			return a.Unmap(), nil
+			ip = a.Unmap()
+			break
 		}
 	}
-	return netip.Addr{}, fmt.Errorf("attach %s: no IPv4 address in the CNI result", id)
+	if !ip.IsValid() {
+		n.del(context.WithoutCancel(ctx), id)
+		return netip.Addr{}, fmt.Errorf("attach %s: no IPv4 address in the CNI result", id)
+	}
+	// Host ports are rules of the agent's own, one per port: the portmap
+	// plugin takes a dozen iptables runs per container, serialized on
+	// the xtables lock, which made starting a container three times slower.
+	for _, m := range maps {
+		if err := n.ipt.Append("nat", dnatChain(n.cfg.Bridge), dnatRule(id, ip, m)...); err != nil {
+			n.del(context.WithoutCancel(ctx), id)
+			return netip.Addr{}, fmt.Errorf("map host port %d of %s: %w", m.HostPort, id, err)
+		}
+	}
+	return ip, nil
 }
 
 // detach releases a container's address and rules (CNI DEL). The
 // namespace may be gone already (its process exited): DEL still works
 // from the cached configuration.
-func (n *network) detach(ctx context.Context, id string, maps []portMapping) error {
-	unlock := lockCNI()
+func (n *network) detach(ctx context.Context, id string) error {
+	unlock := lockCNI(syscall.LOCK_SH)
 	defer unlock()
-	return n.del(ctx, id, maps)
+	return n.del(ctx, id)
 }
 
-// del runs CNI DEL with the cached configuration of the attachment, or,
-// without one, the mappings the container's labels say it had.
-func (n *network) del(ctx context.Context, id string, maps []portMapping) error {
-	rc := n.runtimeConf(id, "", maps)
+// unmap removes a container's host-port rules, before it stops.
+func (n *network) unmap(id string) error {
+	unlock := lockCNI(syscall.LOCK_SH)
+	defer unlock()
+	return n.delDNAT(func(c string) bool { return c == id })
+}
+
+// del removes the container's host-port rules and runs CNI DEL with the
+// cached configuration of the attachment.
+func (n *network) del(ctx context.Context, id string) error {
+	errs := []error{n.delDNAT(func(c string) bool { return c == id })}
+	rc := n.runtimeConf(id, "")
 	if _, cached, err := n.cni.GetNetworkListCachedConfig(n.list, rc); err == nil && cached != nil {
 		rc = cached
 		rc.NetNS = "" // the process, and so its /proc path, may be another's now
 	}
 	if err := n.cni.DelNetworkList(ctx, n.list, rc); err != nil {
-		return fmt.Errorf("detach %s: %w", id, err)
+		errs = append(errs, fmt.Errorf("detach %s: %w", id, err))
 	}
-	return nil
+	return errors.Join(errs...)
+}
+
+// delDNAT deletes the host-port rules of the containers gone says are
+// gone. Rules are deleted by their text, not their number, which other
+// containers' changes may shift meanwhile.
+func (n *network) delDNAT(gone func(id string) bool) error {
+	chain := dnatChain(n.cfg.Bridge)
+	rules, err := n.ipt.List("nat", chain)
+	if err != nil {
+		return fmt.Errorf("iptables list %s: %w", chain, err)
+	}
+	var errs []error
+	for _, r := range rules {
+		id, spec, ok := parseDNATRule(r)
+		if ok && gone(id) {
+			if err := n.ipt.Delete("nat", chain, spec...); err != nil {
+				errs = append(errs, fmt.Errorf("unmap %s: %w", id, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // collect releases every attachment whose container is not in live: left
@@ -321,18 +392,22 @@ func (n *network) collect(ctx context.Context, live map[string]bool) {
 		if a.Network != n.list.Name || live[a.ContainerID] {
 			continue
 		}
-		if err := n.detach(ctx, a.ContainerID, nil); err != nil {
+		if err := n.detach(ctx, a.ContainerID); err != nil {
 			n.log.Warn("reclaim network of a gone container", "container", a.ContainerID, "err", err)
 		} else {
 			n.log.Info("reclaimed network of a gone container", "container", a.ContainerID)
 		}
+	}
+	// Host-port rules of containers with no cached attachment left.
+	if err := n.delDNAT(func(id string) bool { return !live[id] }); err != nil {
+		n.log.Warn("reclaim host ports of gone containers", "err", err)
 	}
 }
 
 // remove deletes the bridge and every rule of this network; for a node
 // that is drained for good, and for tests.
 func (n *network) remove() error {
-	unlock := lockCNI()
+	unlock := lockCNI(syscall.LOCK_EX)
 	defer unlock()
 	var errs []error
 	in, fwd := inputChain(n.cfg.Bridge), forwardChain(n.cfg.Bridge)
@@ -345,49 +420,56 @@ func (n *network) remove() error {
 			errs = append(errs, n.ipt.ClearAndDeleteChain("filter", c))
 		}
 	}
-	errs = append(errs, n.ipt.DeleteIfExists("nat", "POSTROUTING", masqRule(n.cfg.Bridge, n.subnet)...))
+	for _, r := range masqRules(n.cfg.Bridge, n.subnet, true) {
+		errs = append(errs, n.ipt.DeleteIfExists("nat", "POSTROUTING", r...))
+	}
+	for _, from := range []string{"PREROUTING", "OUTPUT"} {
+		errs = append(errs, n.ipt.DeleteIfExists("nat", from, dnatJump(n.cfg.Bridge)...))
+	}
+	if ok, _ := n.ipt.ChainExists("nat", dnatChain(n.cfg.Bridge)); ok {
+		errs = append(errs, n.ipt.ClearAndDeleteChain("nat", dnatChain(n.cfg.Bridge)))
+	}
 	n.mu.Lock()
 	n.allowed = ""
 	n.mu.Unlock()
-	removePortmapChains(n.ipt)
 	if link, err := netlink.LinkByName(n.cfg.Bridge); err == nil {
 		errs = append(errs, netlink.LinkDel(link))
 	}
 	return errors.Join(errs...)
 }
 
-// removePortmapChains deletes the portmap plugin's shared chains when no
-// container uses them any more: the plugin never does.
-func removePortmapChains(ipt *iptables.IPTables) {
-	if dnat, _ := ipt.List("nat", "CNI-HOSTPORT-DNAT"); len(dnat) > 1 {
-		return // another network's containers still map ports
-	}
-	for _, chain := range []string{"PREROUTING", "OUTPUT", "POSTROUTING"} {
-		rules, _ := ipt.List("nat", chain)
-		for i := len(rules) - 1; i >= 1; i-- { // rules[0] is the policy
-			if strings.Contains(rules[i], "-j CNI-HOSTPORT-") {
-				ipt.DeleteById("nat", chain, i)
-			}
-		}
-	}
-	for _, c := range []string{"CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK"} {
-		if ok, _ := ipt.ChainExists("nat", c); ok {
-			ipt.ClearAndDeleteChain("nat", c)
-		}
-	}
-}
-
-// lockCNI serializes this machine's Shoal processes around CNI calls and
-// the clean-up of portmap's shared chains, so one agent (or test) never
-// deletes those chains while another's plugin is filling them.
-func lockCNI() (unlock func()) {
+// lockCNI keeps a network's removal (exclusive) apart from the CNI calls
+// of this machine's Shoal processes (shared): calls for different
+// containers run side by side.
+func lockCNI(how int) (unlock func()) {
 	f, err := os.OpenFile("/run/shoal-cni.lock", os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return func() {}
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+	if err := syscall.Flock(int(f.Fd()), how); err != nil {
 		f.Close()
 		return func() {}
 	}
 	return func() { f.Close() } // closing releases the lock
+}
+
+// loopbackUp brings up lo in the namespace at path, as the loopback
+// plugin would, through a netlink socket opened in that namespace: no
+// plugin process, no thread switching namespaces.
+func loopbackUp(path string) error {
+	ns, err := vnetns.GetFromPath(path)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	return h.LinkSetUp(lo)
 }

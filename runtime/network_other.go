@@ -26,6 +26,7 @@ func (n *network) allowServicePorts([]int) error { return nil }
 func (n *network) attach(context.Context, string, uint32, []portMapping) (netip.Addr, error) {
 	return netip.Addr{}, errors.New("bridge networking needs Linux")
 }
-func (n *network) detach(context.Context, string, []portMapping) error { return nil }
-func (n *network) collect(context.Context, map[string]bool)            {}
-func (n *network) remove() error                                       { return nil }
+func (n *network) detach(context.Context, string) error     { return nil }
+func (n *network) unmap(string) error                       { return nil }
+func (n *network) collect(context.Context, map[string]bool) {}
+func (n *network) remove() error                            { return nil }

@@ -246,6 +246,8 @@ func (r *Runtime) RemoveNetwork() error {
 	if r.net == nil {
 		return nil
 	}
+	// Whatever a failed removal left attached goes first.
+	r.net.collect(context.Background(), nil)
 	return r.net.remove()
 }
 
@@ -678,14 +680,15 @@ func (r *Runtime) start(ctx context.Context, d Desired, revision string) error {
 		return fmt.Errorf("create %s: %w", id, err)
 	}
 	t1 := time.Now()
-	if err := r.startTask(ctx, c, d.Slot, labels); err != nil {
+	netTook, err := r.startTask(ctx, c, d.Slot, labels)
+	if err != nil {
 		c.Delete(ctx, containerd.WithSnapshotCleanup)
 		r.detach(ctx, id, labels)
 		r.ports.release(id)
 		return err
 	}
 	r.log.Info("started", "slot", d.Slot.String(), "container", id, "image", d.Service.Image, "ports", ports,
-		"create_took", t1.Sub(t0).Round(time.Millisecond), "task_took", time.Since(t1).Round(time.Millisecond))
+		"create_took", t1.Sub(t0).Round(time.Millisecond), "task_took", time.Since(t1).Round(time.Millisecond), "network_took", netTook.Round(time.Millisecond))
 	r.mu.Lock()
 	delete(r.pending, d.Slot)
 	r.mu.Unlock()
@@ -693,33 +696,37 @@ func (r *Runtime) start(ctx context.Context, d Desired, revision string) error {
 }
 
 // startTask creates the container's task, attaches a bridged one's network
-// namespace while its process waits to run, and starts it.
-func (r *Runtime) startTask(ctx context.Context, c containerd.Container, slot shoal.Slot, labels map[string]string) error {
+// namespace while its process waits to run, and starts it. It reports how
+// long the network took.
+func (r *Runtime) startTask(ctx context.Context, c containerd.Container, slot shoal.Slot, labels map[string]string) (time.Duration, error) {
+	var took time.Duration
 	path := r.logPath(slot)
 	rotate(path, r.cfg.LogMaxBytes)
 	task, err := c.NewTask(ctx, cio.LogFile(path))
 	if err != nil {
-		return fmt.Errorf("create task %s: %w", c.ID(), err)
+		return 0, fmt.Errorf("create task %s: %w", c.ID(), err)
 	}
 	if labels[LabelNetwork] == NetworkBridge {
 		if r.net == nil {
 			task.Delete(ctx, containerd.WithProcessKill)
-			return fmt.Errorf("start %s: made for the bridge, and this agent runs host networking only", c.ID())
+			return 0, fmt.Errorf("start %s: made for the bridge, and this agent runs host networking only", c.ID())
 		}
+		t0 := time.Now()
 		ip, err := r.net.attach(ctx, c.ID(), task.Pid(), mappingsFor(portsOf(labels[LabelPorts]), portsOf(labels[LabelTargets])))
 		if err == nil {
 			_, err = c.SetLabels(ctx, map[string]string{LabelIP: ip.String()})
 		}
 		if err != nil {
 			task.Delete(ctx, containerd.WithProcessKill)
-			return fmt.Errorf("network of %s: %w", c.ID(), err)
+			return 0, fmt.Errorf("network of %s: %w", c.ID(), err)
 		}
+		took = time.Since(t0)
 	}
 	if err := task.Start(ctx); err != nil {
 		task.Delete(ctx, containerd.WithProcessKill)
-		return fmt.Errorf("start task %s: %w", c.ID(), err)
+		return 0, fmt.Errorf("start task %s: %w", c.ID(), err)
 	}
-	return nil
+	return took, nil
 }
 
 // restart starts an exited or unhealthy container's task again, in the
@@ -776,7 +783,8 @@ func (r *Runtime) restart(ctx context.Context, ct *container, o Observed) error 
 		}
 	}
 	r.log.Info("restarting", "slot", o.Slot.String(), "container", o.ID, "why", why, "failures", f.count)
-	return r.startTask(ctx, c, o.Slot, ct.labels)
+	_, err = r.startTask(ctx, c, o.Slot, ct.labels)
+	return err
 }
 
 // stopTask sends SIGTERM, then SIGKILL after grace, and deletes the task.
@@ -834,6 +842,14 @@ func (r *Runtime) remove(ctx context.Context, ct *container) error {
 	} else if err != nil {
 		return err
 	}
+	// Host ports first: a peer's new connection is refused at once and
+	// goes to another instance, rather than wait on an address whose
+	// process is gone; connections under way finish as the process stops.
+	if r.net != nil && ct.labels[LabelNetwork] == NetworkBridge {
+		if err := r.net.unmap(ct.id); err != nil {
+			r.log.Warn("unmap host ports", "container", ct.id, "err", err)
+		}
+	}
 	if err := DeleteContainer(ctx, c, 5*time.Second); err != nil {
 		return err
 	}
@@ -853,11 +869,7 @@ func (r *Runtime) detach(ctx context.Context, id string, labels map[string]strin
 	if r.net == nil || (labels != nil && labels[LabelNetwork] != NetworkBridge) {
 		return
 	}
-	var maps []portMapping
-	if labels != nil {
-		maps = mappingsFor(portsOf(labels[LabelPorts]), portsOf(labels[LabelTargets]))
-	}
-	if err := r.net.detach(ctx, id, maps); err != nil {
+	if err := r.net.detach(ctx, id); err != nil {
 		r.log.Warn("release container network", "container", id, "err", err)
 	}
 }
@@ -921,6 +933,7 @@ func (r *Runtime) publish(ctx context.Context, desired []Desired) error {
 		case ct.status != containerd.Running:
 			in.State = shoal.StateExited
 			in.LastError = fmt.Sprintf("exited with code %d", ct.exit)
+			in.ExitCode, in.ExitedAt = int(ct.exit), ct.exitedAt
 		case hs != nil && hs.state.Unhealthy:
 			in.State = shoal.StateUnhealthy
 		case checked && (hs == nil || !hs.state.Healthy):

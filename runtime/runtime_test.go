@@ -79,7 +79,7 @@ func TestMain(m *testing.M) {
 	// Every test removes its network: nothing of Shoal's may be left.
 	if out, err := exec.Command("iptables-save").Output(); err == nil {
 		for _, l := range strings.Split(string(out), "\n") {
-			if strings.Contains(l, "shtest") || strings.Contains(l, "CNI-") {
+			if strings.Contains(l, "shtest") || strings.Contains(l, "CNI-") || strings.Contains(l, "SHOAL-") {
 				fmt.Fprintf(os.Stderr, "left behind by the tests: %s\n", l)
 				code = 1
 			}
@@ -282,29 +282,80 @@ func TestKilledProcessIsRestarted(t *testing.T) {
 	}
 }
 
+// testClock is a clock the test moves by hand.
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) Set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = t
+}
+
+// TestCrashLoopBacksOff runs a container that exits after 100 ms, on a
+// clock the test holds: restart n must wait until the clock reaches the
+// backoff after restart n-1, and not come while the clock stands just
+// short of it.
 func TestCrashLoopBacksOff(t *testing.T) {
-	rt, _ := newRuntime(t, "t-crash")
+	clock := &testClock{t: time.Now()}
+	rt, _ := newRuntime(t, "t-crash", func(c *runtime.Config) { c.Now = clock.Now })
 	svc := web(1, map[string]string{"EXIT_AFTER": "100ms", "EXIT_CODE": "3"})
+	// Policy 200 ms doubling to 1 s. The backoff counts from the previous
+	// restart; the first two restarts are immediate.
+	wantWait := map[int]time.Duration{1: 0, 2: 0, 3: 200 * time.Millisecond, 4: 400 * time.Millisecond, 5: 800 * time.Millisecond}
 	rt.SetDesired("rev1", desired(svc))
-	var seen []shoal.Instance
-	waitFor(t, 30*time.Second, "crash loop state", func() bool {
-		ins := rt.Instances()
-		if len(ins) == 1 {
-			seen = append(seen, ins[0])
-			return ins[0].State == shoal.StateCrashLoop
+	exited := func(restarts int) func() bool {
+		return func() bool {
+			ins := rt.Instances()
+			if len(ins) == 1 && ins[0].Restarts > restarts {
+				t.Fatalf("restart %d came while the clock stood still, before its backoff", ins[0].Restarts)
+			}
+			return len(ins) == 1 && ins[0].Restarts == restarts && !ins[0].ExitedAt.IsZero() &&
+				(ins[0].State == shoal.StateExited || ins[0].State == shoal.StateCrashLoop)
 		}
-		return false
+	}
+	var last time.Time // when (on the clock) the previous restart happened
+	for n := 1; n <= runtime.CrashLoopAfter; n++ {
+		if n == 1 {
+			// The first exit is containerd's time, on the real clock.
+			waitFor(t, 60*time.Second, "the first exit", exited(0))
+			last = rt.Instances()[0].ExitedAt
+		} else if wantWait[n] > 0 {
+			// Without a backoff the exit is over before it can be seen.
+			waitFor(t, 60*time.Second, fmt.Sprintf("exit before restart %d", n), exited(n-1))
+		}
+		due := last.Add(wantWait[n])
+		if wantWait[n] > 0 {
+			// Just short of the backoff, for five of the runtime's rounds:
+			// no restart.
+			clock.Set(due.Add(-time.Millisecond))
+			for end := time.Now().Add(500 * time.Millisecond); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+				if in := rt.Instances()[0]; in.Restarts != n-1 {
+					t.Fatalf("restart %d came %v into a backoff of %v", n, wantWait[n]-time.Millisecond, wantWait[n])
+				}
+			}
+		}
+		clock.Set(due)
+		waitFor(t, 60*time.Second, fmt.Sprintf("restart %d once the backoff of %v passed", n, wantWait[n]), func() bool {
+			return rt.Instances()[0].Restarts >= n
+		})
+		if got := rt.Instances()[0].Restarts; got != n {
+			t.Fatalf("%d restarts, want %d", got, n)
+		}
+		last = due
+	}
+	waitFor(t, 60*time.Second, "crash loop state", func() bool {
+		ins := rt.Instances()
+		return len(ins) == 1 && ins[0].State == shoal.StateCrashLoop
 	})
-	in := rt.Instances()[0]
-	if in.Restarts < runtime.CrashLoopAfter {
-		t.Errorf("crashloop after %d restarts", in.Restarts)
-	}
-	// The backoff grows: the 5th restart comes at least 200+400+800 ms of
-	// backoff after the first crash.
-	first := seen[0].StartedAt
-	if d := time.Since(first); d < 1400*time.Millisecond {
-		t.Errorf("5 restarts took only %v: no backoff", d)
-	}
 }
 
 func TestUnhealthyIsRestarted(t *testing.T) {
@@ -380,7 +431,7 @@ func TestReclaimsNetworkOfVanishedContainers(t *testing.T) {
 	waitFor(t, 30*time.Second, "healthy", healthy(rt, 1))
 	in := rt.Instances()[0]
 	stop()
-	hostPort := ":" + strconv.Itoa(in.Ports["http"])
+	hostPort := "--dport " + strconv.Itoa(in.Ports["http"])
 	if !strings.Contains(natRules(t), hostPort) {
 		t.Fatalf("no rule for host port %s to begin with", hostPort)
 	}

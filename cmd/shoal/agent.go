@@ -162,7 +162,7 @@ func (a *agent) step(now time.Time) {
 		func(node string, s shoal.Slot) bool { return healthy[node+"/"+s.String()] },
 		a.held, now, a.cfg.HandoffTimeout)
 	a.held = held
-	jobRuns := a.jobs.due(rev.Spec, nodes, a.cfg.NodeName, instances, now)
+	jobRuns := a.jobs.due(rev.Spec, a.mesh.Members(), plan, records, instances, now)
 	a.plan = plan
 	a.m.plans++
 	a.m.reconciles++
@@ -293,7 +293,7 @@ func (a *agent) publishable(instances []shoal.Instance) []shoal.Record {
 			live = append(live, in)
 		}
 	}
-	return shoal.RecordsFor(a.cfg.NodeName, a.addr, live)
+	return append(shoal.RecordsFor(a.cfg.NodeName, a.addr, live), a.jobs.records...)
 }
 
 // Status implements agentView.

@@ -90,6 +90,7 @@ func newAgent(ctx context.Context, cfg agentConfig, log *slog.Logger) (*agent, e
 		return nil, err
 	}
 	a.addr = addr
+	a.jobs = newJobState(cfg.NodeName, addr, cfg.DataDir, log, a.startedAt)
 	return a, a.build(ctx)
 }
 

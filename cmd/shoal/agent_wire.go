@@ -117,7 +117,7 @@ func (a *agent) build(ctx context.Context) error {
 	a.parts.runs = append(a.parts.runs, syncer.Run)
 	a.parts.closers = append(a.parts.closers, syncer.Close)
 
-	api := &apiServer{view: a, token: token, metrics: metricsHandler(a.metricsSnapshot), log: a.log,
+	api := &apiServer{view: a, token: token, metrics: metricsHandler(a.metricsSnapshot), jobs: a, log: a.log,
 		self: cfg.NodeName, slotExists: a.slotExists, keyring: m}
 	if cfg.WebhookSecret != "" {
 		api.webhook = syncer.WebhookHandler(cfg.WebhookSecret)
@@ -286,6 +286,9 @@ func (a *agent) metricsSnapshot() metricsSnapshot {
 		s.Placed, s.Unplaced = float64(len(plan.Assignments)), float64(len(plan.Unplaced))
 		s.LocalSlots = float64(len(plan.ForNode(a.cfg.NodeName)))
 	}
+	a.mu.Lock()
+	s.JobLastSuccess, s.JobLastFailure, s.JobRuns = a.jobs.metrics()
+	a.mu.Unlock()
 	for _, in := range a.rt.Instances() {
 		s.Instances[[2]string{in.Service, string(in.State)}]++
 		s.Restarts[in.Service] += float64(in.Restarts)

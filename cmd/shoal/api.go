@@ -47,7 +47,11 @@ type apiServer struct {
 	webhook http.Handler // POST /v1/webhook, checks its own HMAC
 	peer    http.Handler // GET /v1/records/local, the anti-entropy pull
 	metrics http.Handler // GET /metrics
-	log     *slog.Logger
+	// jobs are the cron jobs, this node's runs and manual triggers:
+	// /v1/jobs gathers the history fleet-wide, /v1/jobs/run hands a run
+	// to its runner. Nil serves neither.
+	jobs jobsBackend
+	log  *slog.Logger
 	// self is this node's name: a log stream for another node's slot is
 	// fetched from that node (proxyLogs).
 	self string
@@ -106,6 +110,10 @@ func (a *apiServer) handler() http.Handler {
 	if a.metrics != nil {
 		mux.Handle("GET /metrics", a.metrics)
 	}
+	if a.jobs != nil {
+		mux.HandleFunc("GET /v1/jobs", a.serveJobs)
+		mux.HandleFunc("POST /v1/jobs/run", a.serveJobRun)
+	}
 	authed := a.requireToken(mux)
 	root := http.NewServeMux()
 	if a.webhook != nil {
@@ -113,22 +121,27 @@ func (a *apiServer) handler() http.Handler {
 		// unsigned body costs at most this much.
 		root.Handle("POST /v1/webhook", http.MaxBytesHandler(a.webhook, maxWebhookBytes))
 	}
+	a.mountWeb(root) // the web view: /login, /ui/
 	root.Handle("/", authed)
 	return root
 }
 
 // requireToken checks the bearer token, compared in constant time so it
 // cannot be guessed byte by byte. An empty token refuses everything: the
-// agent always has one (loadAPIToken). A log request proxied by a peer
-// carries instead a token good for this node's logs only (hopToken).
+// agent always has one (loadAPIToken). A request a peer makes on a
+// client's behalf (hop=1) carries instead a token good for that one path
+// on this node only (hopToken).
 func (a *apiServer) requireToken(next http.Handler) http.Handler {
 	want := []byte("Bearer " + a.token)
-	hop := []byte(hopToken(a.token, a.self))
+	hop := map[string][]byte{}
+	for _, p := range hopPaths {
+		hop[p] = []byte(hopToken(a.token, p, a.self))
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got := []byte(r.Header.Get("Authorization"))
 		ok := a.token != "" && subtle.ConstantTimeCompare(got, want) == 1
-		if !ok && a.token != "" && r.URL.Path == "/v1/logs" && r.URL.Query().Get("hop") == "1" {
-			ok = subtle.ConstantTimeCompare([]byte(r.Header.Get(hopHeader)), hop) == 1
+		if h, hoppable := hop[r.URL.Path]; !ok && a.token != "" && hoppable && r.URL.Query().Get("hop") == "1" {
+			ok = subtle.ConstantTimeCompare([]byte(r.Header.Get(hopHeader)), h) == 1
 		}
 		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="shoal"`)
@@ -158,7 +171,18 @@ func (a *apiServer) serveLogs(w http.ResponseWriter, r *http.Request) {
 	}
 	follow := q.Get("follow") == "1" || q.Get("follow") == "true"
 	if q.Get("hop") != "1" {
-		if node, ok := a.runsOn(slot); ok && node.Name != a.self {
+		// node names where the slot ran when no record says so any more:
+		// a job run that ended, found in the fleet's job history.
+		if name := q.Get("node"); name != "" && name != a.self {
+			node, ok := a.member(name)
+			if !ok {
+				http.Error(w, fmt.Sprintf("logs of %s: node %s is not an alive member", slot, name), http.StatusBadGateway)
+				return
+			}
+			a.proxyLogs(w, r, node, slot, follow)
+			return
+		}
+		if node, ok := a.runsOn(slot); ok && node.Name != a.self && q.Get("node") == "" {
 			a.proxyLogs(w, r, node, slot, follow)
 			return
 		}
@@ -220,6 +244,45 @@ func (a *apiServer) runsOn(slot shoal.Slot) (memberView, bool) {
 	if node == "" {
 		return memberView{}, false
 	}
+	return a.member(node)
+}
+
+// hopHeader carries the token of a request one agent makes of another.
+const hopHeader = "X-Shoal-Hop"
+
+// hopPaths are the requests an agent makes of a peer on a client's
+// behalf, with hop=1: the peer answers for itself and forwards nothing.
+// Each has a hop token of its own.
+var hopPaths = []string{"/v1/logs", "/v1/jobs", "/v1/jobs/run"}
+
+// hopToken is what an agent shows a peer named node to make the request
+// at path there (a log stream, a job history, a job run): it proves the
+// fleet's API token without giving it away, and is good for that path on
+// that node only — so a member that lies about running a slot learns
+// nothing it can use elsewhere.
+func hopToken(token, path, node string) string {
+	what := strings.ReplaceAll(strings.TrimPrefix(path, "/v1/"), "/", " ")
+	mac := hmac.New(sha256.New, []byte(token))
+	mac.Write([]byte("shoal " + what + " hop to " + node))
+	return hex.EncodeToString(mac.Sum(nil))
+}
+
+// hop makes the request at path of the peer node on a client's behalf:
+// hop=1 in the query, and the hop token for that path and peer, never the
+// fleet's token.
+func (a *apiServer) hop(ctx context.Context, method string, node memberView, path string, q url.Values) (*http.Response, error) {
+	q.Set("hop", "1")
+	u := "http://" + joinHostPort(node.Addr, node.APIPort) + path + "?" + q.Encode()
+	req, err := http.NewRequestWithContext(ctx, method, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set(hopHeader, hopToken(a.token, path, node.Name))
+	return peerClient.Do(req)
+}
+
+// member is the alive member named node that serves an API.
+func (a *apiServer) member(node string) (memberView, bool) {
 	for _, m := range a.view.Members() {
 		if m.Name == node && m.APIPort > 0 && m.Status == "alive" {
 			return m, true
@@ -228,33 +291,13 @@ func (a *apiServer) runsOn(slot shoal.Slot) (memberView, bool) {
 	return memberView{}, false
 }
 
-// hopHeader carries the token of a log request one agent makes of another.
-const hopHeader = "X-Shoal-Hop"
-
-// hopToken is what an agent shows a peer named node to read its logs: it
-// proves the fleet's API token without giving it away, and is good for
-// that node's logs only — so a member that lies about running a slot
-// learns nothing it can use elsewhere.
-func hopToken(token, node string) string {
-	mac := hmac.New(sha256.New, []byte(token))
-	mac.Write([]byte("shoal logs hop to " + node))
-	return hex.EncodeToString(mac.Sum(nil))
-}
-
 // proxyLogs fetches a slot's output from the node that runs it.
 func (a *apiServer) proxyLogs(w http.ResponseWriter, r *http.Request, node memberView, slot shoal.Slot, follow bool) {
-	q := url.Values{"service": {slot.Service}, "slot": {strconv.Itoa(slot.Index)}, "hop": {"1"}}
+	q := url.Values{"service": {slot.Service}, "slot": {strconv.Itoa(slot.Index)}}
 	if follow {
 		q.Set("follow", "1")
 	}
-	u := "http://" + joinHostPort(node.Addr, node.APIPort) + "/v1/logs?" + q.Encode()
-	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, u, nil)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	req.Header.Set(hopHeader, hopToken(a.token, node.Name))
-	resp, err := peerClient.Do(req)
+	resp, err := a.hop(r.Context(), http.MethodGet, node, "/v1/logs", q)
 	if err != nil {
 		http.Error(w, fmt.Sprintf("logs of %s from %s: %v", slot, node.Name, err), http.StatusBadGateway)
 		return

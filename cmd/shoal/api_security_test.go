@@ -355,12 +355,12 @@ func TestLogsProxiedToThePeerThatRunsTheSlot(t *testing.T) {
 	}
 	// The hop token opens the peer's logs and nothing else.
 	req, _ := http.NewRequest("GET", peer.URL+"/v1/status", nil)
-	req.Header.Set(hopHeader, hopToken("tok", "n2"))
+	req.Header.Set(hopHeader, hopToken("tok", "/v1/logs", "n2"))
 	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("the hop token opened /v1/status: %v %v", resp.StatusCode, err)
 	}
 	req, _ = http.NewRequest("GET", peer.URL+"/v1/logs?service=web&slot=1&hop=1", nil)
-	req.Header.Set(hopHeader, hopToken("tok", "n3"))
+	req.Header.Set(hopHeader, hopToken("tok", "/v1/logs", "n3"))
 	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("another node's hop token opened n2's logs: %v %v", resp.StatusCode, err)
 	}

@@ -76,7 +76,7 @@ func (c *clientFlags) client() *apiClient { return newAPIClient(c.agent, c.token
 func init() {
 	register(command{name: "status", usage: "the fleet at a glance: nodes, revisions, services, errors", run: runStatus})
 	register(command{name: "members", usage: "the fleet's members with revision and capacity", run: runMembers})
-	register(command{name: "logs", usage: "a service instance's output: shoal logs SERVICE [--slot N] [-f]", run: runLogs})
+	register(command{name: "logs", usage: "a service instance's output: shoal logs SERVICE [--slot N] [-f]; a job run's: shoal logs JOB --run N", run: runLogs})
 }
 
 func printJSON(w io.Writer, v any) error {
@@ -186,6 +186,7 @@ func runLogs(ctx context.Context, args []string, stdout, stderr io.Writer) (int,
 	cf.register(fs)
 	slot := fs.Int("slot", 0, "replica (slot) index")
 	follow := fs.Bool("f", false, "keep following the output")
+	run := fs.Int64("run", 0, "a job's run: its number in `shoal jobs NAME`, or 1 for the latest")
 	// Accept the service name before or after the flags.
 	var svc string
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
@@ -202,6 +203,9 @@ func runLogs(ctx context.Context, args []string, stdout, stderr io.Writer) (int,
 	}
 	if err := cf.check(); err != nil {
 		return 1, err
+	}
+	if *run > 0 {
+		return jobLogs(ctx, cf, svc, *run, *follow, stdout, stderr)
 	}
 	q := url.Values{"service": {svc}, "slot": {strconv.Itoa(*slot)}}
 	if *follow {

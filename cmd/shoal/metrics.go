@@ -34,6 +34,9 @@ type metricsSnapshot struct {
 	BalancerFailed  map[string]float64    // service → dials that failed
 	GossipEvents    float64
 	AntiEntropyPull float64
+	JobLastSuccess  map[string]float64    // job → Unix time of its last run that exited 0 here
+	JobLastFailure  map[string]float64    // job → Unix time of its last run that did not
+	JobRuns         map[[2]string]float64 // (job, outcome) → runs and skips since the agent started
 }
 
 var (
@@ -58,6 +61,9 @@ var (
 	descLBBytes     = prometheus.NewDesc("shoal_balancer_bytes_total", "Bytes forwarded by the balancer.", []string{"service", "direction"}, nil)
 	descLBRate      = prometheus.NewDesc("shoal_balancer_new_connections_per_second", "Recent rate of new connections, the autoscaling signal.", []string{"service"}, nil)
 	descLBFailed    = prometheus.NewDesc("shoal_balancer_dial_failures_total", "Backend dials that failed and were retried elsewhere.", []string{"service"}, nil)
+	descJobSuccess  = prometheus.NewDesc("shoal_job_last_success_timestamp_seconds", "When a run of the job on this node last ended with exit code 0.", []string{"job"}, nil)
+	descJobFailure  = prometheus.NewDesc("shoal_job_last_failure_timestamp_seconds", "When a run of the job on this node last ended otherwise.", []string{"job"}, nil)
+	descJobRuns     = prometheus.NewDesc("shoal_job_runs_total", "Job runs ended and ticks skipped on this node, by outcome.", []string{"job", "outcome"}, nil)
 )
 
 // snapshotCollector exports a metricsSnapshot taken at scrape time.
@@ -66,7 +72,7 @@ type snapshotCollector struct{ snap func() metricsSnapshot }
 func (c snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRevision, descLastFetch, descSyncError, descSyncAttempt, descSlots, descLocalSlots,
 		descPlans, descPlanSecs, descReconciles, descInstances, descRestarts, descMembers, descRecords, descEvents, descPulls,
-		descDNS, descLBConns, descLBActive, descLBBytes, descLBRate, descLBFailed} {
+		descDNS, descLBConns, descLBActive, descLBBytes, descLBRate, descLBFailed, descJobSuccess, descJobFailure, descJobRuns} {
 		ch <- d
 	}
 }
@@ -116,6 +122,15 @@ func (c snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for k, v := range s.BalancerBytes {
 		counter(descLBBytes, v, k[0], k[1])
+	}
+	for _, j := range sortedKeys(s.JobLastSuccess) {
+		gauge(descJobSuccess, s.JobLastSuccess[j], j)
+	}
+	for _, j := range sortedKeys(s.JobLastFailure) {
+		gauge(descJobFailure, s.JobLastFailure[j], j)
+	}
+	for k, v := range s.JobRuns {
+		counter(descJobRuns, v, k[0], k[1])
 	}
 }
 

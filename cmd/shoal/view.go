@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/shoal-run/shoal"
+	"github.com/shoal-run/shoal/node"
 )
 
 // The JSON documents the agent API serves and the CLI reads. They are plain
@@ -100,6 +101,9 @@ func summarize(desired map[shoal.Slot]string, records []shoal.Record) []serviceS
 	// A slot with several ports has several records; count it once.
 	seen := map[string]bool{}
 	for _, r := range records {
+		if node.IsRunRecord(r) {
+			continue // a job run, not a service instance
+		}
 		id := r.Node + "/" + shoal.Slot{Service: r.Service, Index: r.Slot}.String()
 		if seen[id] {
 			continue

@@ -95,12 +95,15 @@ type Fleet struct {
 	net      network
 	daemon   *runtime.Daemon
 	registry *imagebuild.Registry
-	gitCmd   *exec.Cmd // shoal serve-repo
-	gitDone  chan struct{}
-	repo     *git.Repository
-	image    v1.Image // the test app, pushed under every example name
-	signer   *openpgp.Entity
-	keyring  string // armored public key file of signer
+	// hostNetwork: the agents run their containers on the host's network
+	// (no right to make namespaces, so none to make bridges).
+	hostNetwork bool
+	gitCmd      *exec.Cmd // shoal serve-repo
+	gitDone     chan struct{}
+	repo        *git.Repository
+	image       v1.Image // the test app, pushed under every example name
+	signer      *openpgp.Entity
+	keyring     string // armored public key file of signer
 
 	RepoDir       string // the spec repository (a normal Git work tree)
 	RepoURL       string // where agents fetch it: Git smart HTTP
@@ -168,8 +171,11 @@ func Start(ctx context.Context, cfg Config) (_ *Fleet, err error) {
 		if nf, err = netns.NewFleet(cfg.Prefix, cfg.Nodes, cfg.Subnet); err == nil {
 			f.net = nf
 		} else {
-			f.log.Warn("network namespaces unavailable; running the agents on loopback addresses instead", "err", err)
+			// Without the right to make namespaces there is none to make
+			// bridges either: containers share the host's network too.
+			f.log.Warn("network namespaces unavailable; running the agents on loopback addresses, their containers on the host network", "err", err)
 			f.net, err = newLoopback(cfg.Nodes, cfg.Subnet)
+			f.hostNetwork = true
 		}
 	}
 	if err != nil {
@@ -467,7 +473,9 @@ func (f *Fleet) StartAgent(i int) error {
 	if f.keyring != "" {
 		args = append(args, "--trusted-keys", f.keyring)
 	}
-	if f.loopback() {
+	if f.hostNetwork {
+		args = append(args, "--network", "host")
+	} else if f.loopback() {
 		// One network namespace for every agent: each needs a bridge
 		// and a subnet of its own.
 		net := f.nodeNetwork(i)
@@ -725,7 +733,7 @@ func (f *Fleet) Close() error {
 			}
 			// Namespaced nodes take their bridges and rules with them;
 			// on loopback they are the host's, and go now.
-			if f.loopback() {
+			if f.loopback() && !f.hostNetwork {
 				if err := runtime.CleanNetwork(context.Background(), f.nodeNetwork(i), filepath.Join(n.dataDir, "runtime")); err != nil {
 					errs = append(errs, fmt.Errorf("network of node %d: %w", i+1, err))
 				}

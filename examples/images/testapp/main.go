@@ -15,7 +15,8 @@
 // with the error).
 //
 // With no PORT (a cron job has no ports) it runs as a batch task: prints
-// its message and arguments, and exits with EXIT_CODE (default 0).
+// its message and arguments, sleeps SLEEP (e.g. "30s") when set, and exits
+// with EXIT_CODE (default 0).
 package main
 
 import (
@@ -48,6 +49,9 @@ func main() {
 	}
 	if port == "" {
 		fmt.Println(msg, os.Args[1:])
+		if d, err := time.ParseDuration(os.Getenv("SLEEP")); err == nil {
+			time.Sleep(d) // a long batch run, for deadlines and restarts
+		}
 		code, _ := strconv.Atoi(os.Getenv("EXIT_CODE"))
 		os.Exit(code)
 	}
