@@ -191,6 +191,7 @@ func (h *harness) partition(t *testing.T, cut int, d time.Duration, during func(
 	if err := h.f.Heal(cut); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("link back at %s (UTC; to read beside the agents' logs)", time.Now().UTC().Format("15:04:05.000"))
 	healed := h.healed(t, healBound, "exactly the plan on every node after the heal")
 	ok, failed := l.end()
 	if failed > 4 {

@@ -278,9 +278,13 @@ func (m *Mesh) rejoinLoop(ctx context.Context) {
 			}
 			n := m.tryJoin(ctx, targets)
 			switch {
-			case n > 0:
+			case n > 0 && !m.joined.Load():
 				m.log.Info("joined fleet", "contacted", n, "tried", len(targets), "missing", missing)
 				m.joined.Store(true)
+			case n > 0:
+				// Membership events say who came back; a seed known by
+				// name only answers every round.
+				m.log.Debug("rejoin", "contacted", n, "tried", len(targets), "missing", missing)
 			case !m.joined.Load():
 				m.log.Warn("join failed, retrying", "peers", targets, "missing", missing)
 			default:

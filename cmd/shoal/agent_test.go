@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -214,5 +215,24 @@ func TestAgentBalancerThreadsFlag(t *testing.T) {
 	var c agentConfig // other settings missing: their errors do not matter here
 	if err := c.finish(); c.BalancerThreads != mesh.CPUs() || strings.Contains(fmt.Sprint(err), "balancer") {
 		t.Fatalf("default: %d loops (err %v), want one per CPU, %d", c.BalancerThreads, err, mesh.CPUs())
+	}
+}
+
+// TestAgentReconnectFlags: the reconnection timers default to the mesh's
+// (a failed member remembered a day) and a negative one is refused.
+func TestAgentReconnectFlags(t *testing.T) {
+	var c agentConfig
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	c.flags(fs)
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	if c.ReconnectTimeout < 24*time.Hour || c.TombstoneTimeout != mesh.DefaultTombstoneTimeout || c.RejoinMaxInterval != mesh.DefaultRejoinMaxInterval {
+		t.Fatalf("defaults: reconnect %v, tombstone %v, rejoin ceiling %v", c.ReconnectTimeout, c.TombstoneTimeout, c.RejoinMaxInterval)
+	}
+	var stderr strings.Builder
+	code, err := runAgent(t.Context(), []string{"--repo", t.TempDir(), "--reconnect-timeout", "-1s"}, io.Discard, &stderr)
+	if code == 0 || err == nil || !strings.Contains(err.Error(), "--reconnect-timeout") {
+		t.Fatalf("exit %d, err %v", code, err)
 	}
 }
