@@ -223,8 +223,10 @@ func Cleanup(prefix string) error {
 	}
 	// Deleting the bridge namespace removes the veths; the root end of the
 	// host link goes with its peer, but delete it explicitly if left.
+	// The kernel removes it asynchronously once the namespace is gone: a
+	// delete that fails because it vanished meanwhile is no error.
 	if exec.Command("ip", "link", "show", prefix+"-h").Run() == nil {
-		if err := ip("link", "delete", prefix+"-h"); err != nil {
+		if err := ip("link", "delete", prefix+"-h"); err != nil && exec.Command("ip", "link", "show", prefix+"-h").Run() == nil {
 			errs = append(errs, err)
 		}
 	}
