@@ -208,20 +208,29 @@ func runLogs(ctx context.Context, args []string, stdout, stderr io.Writer) (int,
 		return jobLogs(ctx, cf, svc, *run, *follow, stdout, stderr)
 	}
 	q := url.Values{"service": {svc}, "slot": {strconv.Itoa(*slot)}}
-	if *follow {
+	if err := streamLogs(ctx, cf, q, *follow, stdout); err != nil {
+		return 1, fmt.Errorf("logs of %s/%d: %w", svc, *slot, err)
+	}
+	return 0, nil
+}
+
+// streamLogs copies GET /v1/logs?q from the agent to stdout, until the
+// stream ends or ctx does (a followed log ends only then).
+func streamLogs(ctx context.Context, cf clientFlags, q url.Values, follow bool, stdout io.Writer) error {
+	if follow {
 		q.Set("follow", "1")
 	}
 	resp, err := cf.client().get("/v1/logs?" + q.Encode())
 	if err != nil {
-		return 1, err
+		return err
 	}
 	defer resp.Body.Close()
 	stop := context.AfterFunc(ctx, func() { resp.Body.Close() })
 	defer stop()
 	if _, err := io.Copy(stdout, resp.Body); err != nil && ctx.Err() == nil {
-		return 1, fmt.Errorf("read logs of %s/%d: %w", svc, *slot, err)
+		return fmt.Errorf("read: %w", err)
 	}
-	return 0, nil
+	return nil
 }
 
 func sortStrings(s []string) { sort.Strings(s) }

@@ -405,18 +405,8 @@ func jobLogs(ctx context.Context, cf clientFlags, job string, run int64, follow 
 		return 1, fmt.Errorf("no run %d of %s in the fleet's history (see shoal jobs %s)", run, job, job)
 	}
 	q := url.Values{"service": {job}, "slot": {strconv.FormatInt(pick.Run, 10)}, "node": {pick.Node}}
-	if follow {
-		q.Set("follow", "1")
-	}
-	resp, err := cf.client().get("/v1/logs?" + q.Encode())
-	if err != nil {
-		return 1, err
-	}
-	defer resp.Body.Close()
-	stop := context.AfterFunc(ctx, func() { resp.Body.Close() })
-	defer stop()
-	if _, err := io.Copy(stdout, resp.Body); err != nil && ctx.Err() == nil {
-		return 1, fmt.Errorf("read logs of %s run %d from %s: %w", job, pick.Run, pick.Node, err)
+	if err := streamLogs(ctx, cf, q, follow, stdout); err != nil {
+		return 1, fmt.Errorf("logs of %s run %d from %s: %w", job, pick.Run, pick.Node, err)
 	}
 	return 0, nil
 }
