@@ -57,7 +57,12 @@ func Image(bin []byte) (v1.Image, error) {
 	if err := tw.Close(); err != nil {
 		return nil, err
 	}
-	data := buf.Bytes()
+	return oneLayer(buf.Bytes(), []string{"/app"}, "")
+}
+
+// oneLayer makes an image of one tar layer that runs entrypoint in
+// workDir (the image's default when empty).
+func oneLayer(data []byte, entrypoint []string, workDir string) (v1.Image, error) {
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
 	if err != nil {
 		return nil, err
@@ -72,7 +77,8 @@ func Image(bin []byte) (v1.Image, error) {
 	}
 	cfg = cfg.DeepCopy()
 	cfg.Architecture, cfg.OS = runtime.GOARCH, "linux"
-	cfg.Config.Entrypoint = []string{"/app"}
+	cfg.Config.Entrypoint = entrypoint
+	cfg.Config.WorkingDir = workDir
 	return mutate.ConfigFile(img, cfg)
 }
 
@@ -192,24 +198,7 @@ func Program(path string, extra map[string]string, entrypoint ...string) (v1.Ima
 	if err := tw.Close(); err != nil {
 		return nil, err
 	}
-	data := buf.Bytes()
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
-	if err != nil {
-		return nil, err
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		return nil, err
-	}
-	cfg, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cfg = cfg.DeepCopy()
-	cfg.Architecture, cfg.OS = runtime.GOARCH, "linux"
-	cfg.Config.Entrypoint = entrypoint
-	cfg.Config.WorkingDir = "/tmp"
-	return mutate.ConfigFile(img, cfg)
+	return oneLayer(buf.Bytes(), entrypoint, "/tmp")
 }
 
 // BusyboxHTTPD is busybox's web server (Debian's busybox-static) serving
