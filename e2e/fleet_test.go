@@ -79,12 +79,20 @@ func startFleet(t *testing.T, prefix, subnet string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	h := newHarness(t, f, 25)
+	h.waitFor(30*time.Second, "5 alive members", func() bool { return len(h.alive(0)) == nodes })
+	return h
+}
+
+// newHarness drives fleet f in test t and tears it down after the test,
+// printing each node's last logLines log lines when the test failed.
+func newHarness(t *testing.T, f *devfleet.Fleet, logLines int) *harness {
 	t.Cleanup(func() {
 		if t.Failed() {
 			for i := range f.Nodes() {
 				if b, err := os.ReadFile(f.LogPath(i)); err == nil {
 					lines := strings.Split(string(b), "\n")
-					t.Logf("--- %s (last lines) ---\n%s", f.Nodes()[i].Name, strings.Join(lines[max(0, len(lines)-25):], "\n"))
+					t.Logf("--- %s (last lines) ---\n%s", f.Nodes()[i].Name, strings.Join(lines[max(0, len(lines)-logLines):], "\n"))
 				}
 			}
 		}
@@ -92,10 +100,8 @@ func startFleet(t *testing.T, prefix, subnet string) *harness {
 			t.Errorf("teardown: %v", err)
 		}
 	})
-	h := &harness{t: t, f: f, nodes: f.Nodes(), image: f.Registry + "/shoal/testapp:1", files: map[string]string{},
+	return &harness{t: t, f: f, nodes: f.Nodes(), image: f.Registry + "/shoal/testapp:1", files: map[string]string{},
 		http: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 3 * time.Second}}
-	h.waitFor(30*time.Second, "5 alive members", func() bool { return len(h.alive(0)) == nodes })
-	return h
 }
 
 func (h *harness) api(i int, path string, out any) error {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"slices"
 	"strings"
@@ -45,21 +44,7 @@ func startResilience(t *testing.T, prefix, subnet string, extra ...string) *harn
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for i := range f.Nodes() {
-				if b, err := os.ReadFile(f.LogPath(i)); err == nil {
-					lines := strings.Split(string(b), "\n")
-					t.Logf("--- %s (last lines) ---\n%s", f.Nodes()[i].Name, strings.Join(lines[max(0, len(lines)-30):], "\n"))
-				}
-			}
-		}
-		if err := f.Close(); err != nil {
-			t.Errorf("teardown: %v", err)
-		}
-	})
-	h := &harness{t: t, f: f, nodes: f.Nodes(), image: f.Registry + "/shoal/testapp:1", files: map[string]string{},
-		http: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 3 * time.Second}}
+	h := newHarness(t, f, 30)
 	h.waitFor(30*time.Second, "4 alive members", func() bool { return len(h.alive(0)) == resNodes })
 	commit := h.push("web", map[string]string{"web.yaml": service("web", 4, 8080, h.image, "")})
 	h.waitFor(90*time.Second, "web running as planned", func() bool { return h.converged(0, commit) && h.settled() })
